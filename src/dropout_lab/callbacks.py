@@ -1,0 +1,78 @@
+"""The generalization gap, measured honestly, and a TensorBoard layout that shows it.
+
+``train/loss`` is measured with dropout on while the weights move, so it is not comparable
+with ``val/loss`` (with dropout it is often the higher of the two). The gap compares like
+with like: ``train_eval/*`` is a fixed subset of the training data evaluated in eval mode,
+by the same validation loop as ``val/*`` (the DataModule's second validation loader).
+"""
+
+import math
+import os
+
+import lightning as L
+from lightning.pytorch.loggers import TensorBoardLogger
+
+# The HParams dashboard shows the last value of each of these tags for every run.
+HPARAM_METRICS = ("hp/val_acc_best", "hp/gap_loss", "hp/gap_acc", "hp/test_acc")
+
+LAYOUT = {
+    "generalization": {
+        "loss: train (eval mode) vs val": ["Multiline", ["train_eval/loss", "val/loss"]],
+        "accuracy: train (eval mode) vs val": ["Multiline", ["train_eval/acc", "val/acc"]],
+        "gap": ["Multiline", ["gap/loss", "gap/acc"]],
+    },
+    "training (dropout on)": {"loss and accuracy": ["Multiline", ["train/loss", "train/acc"]]},
+}
+
+
+class GeneralizationGap(L.Callback):
+    """After every validation epoch, log ``gap/loss`` = val - train_eval and ``gap/acc`` = train_eval - val.
+
+    Both values are positive when the model does better on data it was trained on.
+    """
+
+    def __init__(self) -> None:
+        self.val_acc_best = -math.inf
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        metrics = trainer.callback_metrics  # this epoch's values of both validation loaders, reduced over ranks
+        if trainer.sanity_checking or "train_eval/loss" not in metrics:
+            return
+        self.val_acc_best = max(self.val_acc_best, metrics["val/acc"].item())
+        gap = {
+            "gap/loss": metrics["val/loss"] - metrics["train_eval/loss"],
+            "gap/acc": metrics["train_eval/acc"] - metrics["val/acc"],
+        }
+        pl_module.log_dict(gap)
+        pl_module.log_dict({"hp/val_acc_best": self.val_acc_best, "hp/gap_loss": gap["gap/loss"], "hp/gap_acc": gap["gap/acc"]})
+
+    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if "test/acc" in trainer.callback_metrics:
+            pl_module.log("hp/test_acc", trainer.callback_metrics["test/acc"])
+
+    def state_dict(self) -> dict:
+        return {"val_acc_best": self.val_acc_best}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.val_acc_best = state_dict["val_acc_best"]
+
+
+class TensorBoardLayout(L.Callback):
+    """Write the custom-scalars layout and the run's hyperparameters into the TensorBoard run."""
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        logger = trainer.logger
+        if not isinstance(logger, TensorBoardLogger):
+            return
+        logger.experiment.add_custom_scalars(LAYOUT)
+        datamodule = trainer.datamodule
+        params = {
+            "model": type(pl_module).__name__,
+            "data": type(datamodule).__name__ if datamodule is not None else None,
+            "seed": int(os.environ.get("PL_GLOBAL_SEED", -1)),
+            **pl_module.hparams,
+            **(datamodule.hparams if datamodule is not None else {}),
+        }
+        # Lightning's own hyperparameter logging is off (save_hyperparameters(logger=False)) so that
+        # the summary is written once, here, with the metrics the HParams dashboard should compare.
+        logger.log_hyperparams(params, {tag: math.nan for tag in HPARAM_METRICS})

@@ -1,0 +1,148 @@
+"""LightningModules: what a training, validation and test step of a classifier does.
+
+There is no ``.train()``/``.eval()`` call and no ``training=`` flag here: Lightning puts the
+network in eval mode around every validation, test and predict loop (and the sanity check)
+and restores train mode afterwards, and CustomDropout follows ``self.training``.
+"""
+
+from collections.abc import Sequence
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchmetrics import MeanMetric, MetricCollection
+from torchmetrics.classification import MulticlassAccuracy
+
+from dropout_lab.nets import CNN, MLP
+
+
+def stage_metrics(num_classes: int, prefix: str) -> MetricCollection:
+    """Mean loss and accuracy over an epoch, reduced across processes under DDP."""
+    # Metric objects keep sums and counts, so the epoch value is exact however the data is
+    # split into batches or across ranks (a mean of per-rank means would not be).
+    return MetricCollection(
+        {"loss": MeanMetric(), "acc": MulticlassAccuracy(num_classes, average="micro")},
+        prefix=prefix,
+        compute_groups=False,
+    )
+
+
+class Classifier(L.LightningModule):
+    """Cross-entropy training and evaluation shared by MLPClassifier and CNNClassifier.
+
+    Subclasses build ``self.net`` and call ``save_hyperparameters()``; the optimizer reads
+    ``lr``, ``weight_decay`` and ``cosine`` from there.
+    """
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        # Attribute names, not ModuleDict keys: a key "train" would shadow nn.Module.train.
+        self.train_metrics = stage_metrics(num_classes, "train/")
+        self.val_metrics = stage_metrics(num_classes, "val/")
+        self.train_eval_metrics = stage_metrics(num_classes, "train_eval/")
+        self.test_metrics = stage_metrics(num_classes, "test/")
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+    def setup(self, stage: str) -> None:
+        # Under DDP every rank starts from the same seed, which would make every rank draw the
+        # same dropout masks. Offset the generator by rank here, after Lightning's own per-rank
+        # re-seeding and after the weights were built, so the initial weights stay identical.
+        if self.trainer.world_size > 1:
+            torch.manual_seed(torch.initial_seed() + self.global_rank)
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        return self._shared_step(batch, self.train_metrics)
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
+        # The DataModule's second validation loader, if any, is a subset of the training data:
+        # evaluated by the same code in eval mode, it is the honest "training" side of the gap.
+        self._shared_step(batch, self.val_metrics if dataloader_idx == 0 else self.train_eval_metrics)
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._shared_step(batch, self.test_metrics)
+
+    def predict_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        return self(batch[0]).softmax(dim=-1)
+
+    def _shared_step(self, batch: tuple[Tensor, Tensor], metrics: MetricCollection) -> Tensor:
+        x, y = batch
+        logits = self(x)
+        loss = F.cross_entropy(logits, y)
+        metrics(value=loss.detach(), weight=len(y), preds=logits.detach(), target=y)
+        # Training logs every few steps (dropout on, weights moving); evaluation logs once per epoch.
+        self.log_dict(metrics, on_step=self.training, on_epoch=not self.training, add_dataloader_idx=False)
+        return loss
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        if not self.hparams.cosine:
+            return optimizer
+        steps = self.trainer.estimated_stepping_batches
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+class MLPClassifier(Classifier):
+    """A multilayer perceptron with CustomDropout after every hidden layer.
+
+    Args:
+        input_shape: shape of one input, (channels, height, width); set from the DataModule by train.py.
+        num_classes: number of classes; set from the DataModule by train.py.
+        hidden: width of each hidden layer.
+        dropout: drop probability p after every hidden layer (0.5 in the dropout paper).
+        input_dropout: drop probability p of the input pixels (0.2 in the dropout paper).
+        lr: AdamW learning rate.
+        weight_decay: AdamW decoupled weight decay; 0 isolates the effect of dropout.
+        cosine: anneal the learning rate to 0 along a cosine over the whole run.
+    """
+
+    def __init__(
+        self,
+        input_shape: Sequence[int] = (1, 28, 28),
+        num_classes: int = 10,
+        hidden: Sequence[int] = (1024, 1024),
+        dropout: float = 0.5,
+        input_dropout: float = 0.2,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        cosine: bool = True,
+    ) -> None:
+        super().__init__(num_classes)
+        self.save_hyperparameters(logger=False)  # TensorBoardLayout logs them, with metrics
+        self.net = MLP(input_shape, num_classes, hidden, dropout, input_dropout)
+
+
+class CNNClassifier(Classifier):
+    """A convolutional network: conv blocks with CustomDropout2d, a head with CustomDropout.
+
+    Args:
+        input_shape: shape of one input, (channels, height, width); set from the DataModule by train.py.
+        num_classes: number of classes; set from the DataModule by train.py.
+        channels: output channels of each conv block (two 3x3 convs and a 2x2 max-pool).
+        hidden: width of the fully connected hidden layer of the head.
+        dropout: drop probability p of the head's hidden layer (0.5 in the dropout paper).
+        conv_dropout: drop probability p of whole channels after each conv block (kept small:
+            conv layers have few parameters and overfit less).
+        lr: AdamW learning rate.
+        weight_decay: AdamW decoupled weight decay; 0 isolates the effect of dropout.
+        cosine: anneal the learning rate to 0 along a cosine over the whole run.
+    """
+
+    def __init__(
+        self,
+        input_shape: Sequence[int] = (1, 28, 28),
+        num_classes: int = 10,
+        channels: Sequence[int] = (32, 64),
+        hidden: int = 256,
+        dropout: float = 0.5,
+        conv_dropout: float = 0.1,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        cosine: bool = True,
+    ) -> None:
+        super().__init__(num_classes)
+        self.save_hyperparameters(logger=False)  # TensorBoardLayout logs them, with metrics
+        self.net = CNN(input_shape, num_classes, channels, hidden, dropout, conv_dropout)

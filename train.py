@@ -1,0 +1,24 @@
+"""Train a classifier that uses CustomDropout, then test its best checkpoint.
+
+    python train.py                                      # MLP on the 5,000 embedded MNIST digits
+    python train.py --model=CNNClassifier --model.dropout=0.3
+    python train.py --config configs/cnn_mnist5k.yaml --trainer.max_epochs=3
+    python train.py --help                               # every flag, with its docstring
+"""
+
+from dropout_lab.cli import DropoutLabCLI
+
+
+def main(args: list[str] | None = None) -> None:
+    cli = DropoutLabCLI(args)
+    trainer = cli.trainer
+    trainer.fit(cli.model, cli.datamodule, ckpt_path=cli.config.ckpt_path)
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    trainer.test(cli.model, cli.datamodule, ckpt_path=best or None)
+    if trainer.is_global_zero and trainer.logger is not None:
+        print(f"\nCheckpoints and TensorBoard logs of this run: {trainer.log_dir}")
+        print(f"Compare runs in TensorBoard:  tensorboard --logdir {trainer.logger.root_dir}")
+
+
+if __name__ == "__main__":
+    main()
