@@ -2,17 +2,26 @@
 
 from dropout_lab.callbacks import GeneralizationGap, TensorBoardLayout
 from dropout_lab.classifier import Classifier, CNNClassifier, MLPClassifier
-from dropout_lab.data import InMemoryDataModule, MNIST5kDataModule
+from dropout_lab.data import (
+    CIFAR10DataModule,
+    FashionMNISTDataModule,
+    InMemoryDataModule,
+    MNIST5kDataModule,
+    MNISTDataModule,
+)
 from dropout_lab.dropout import CustomDropout, CustomDropout2d
 
 __all__ = [
+    "CIFAR10DataModule",
     "CNNClassifier",
     "Classifier",
     "CustomDropout",
     "CustomDropout2d",
+    "FashionMNISTDataModule",
     "GeneralizationGap",
     "InMemoryDataModule",
     "MLPClassifier",
     "MNIST5kDataModule",
+    "MNISTDataModule",
     "TensorBoardLayout",
 ]

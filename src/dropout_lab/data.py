@@ -8,8 +8,11 @@ loader over a fixed subset of the training data, without augmentation.
 """
 
 import gzip
+import math
 import warnings
+from collections.abc import Callable
 from pathlib import Path
+from urllib.error import URLError
 
 import lightning as L
 import numpy as np
@@ -17,6 +20,8 @@ import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
+from torchvision import datasets
+from torchvision.datasets.utils import check_integrity
 
 # Workers only copy tensors that are already in memory; the main process is faster.
 warnings.filterwarnings("ignore", ".*does not have many workers.*")
@@ -174,3 +179,228 @@ class MNIST5kDataModule(InMemoryDataModule):
         # The records are sorted by label: the split must shuffle and stratify.
         rest, test = stratified_split(labels, self.hparams.test_size, self.hparams.seed)
         return images[rest], labels[rest], images[test], labels[test]
+
+
+def require_files(dataset: str, folder: Path, md5: dict[str, str | None], why: str, or_else: str) -> None:
+    """Raise FileNotFoundError (what is missing, how to get it) or RuntimeError (which file fails its MD5)."""
+    missing = [name for name in md5 if not (folder / name).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"{dataset} files not found in {folder}/ ({why}).\n"
+            f"  Expected there: {', '.join(md5)}\n"
+            f"  Missing: {', '.join(missing)}\n"
+            f"  To get them, run once on a machine with network access with --data.download=true and the same "
+            f"--data.data_dir, or copy them there from an existing download, or {or_else}"
+        )
+    for name, checksum in md5.items():
+        if checksum is not None and not check_integrity(folder / name, checksum):
+            raise RuntimeError(corrupt(folder / name, f"its MD5 checksum is not {checksum}"))
+
+
+def corrupt(path: Path, why: str) -> str:
+    """The message for a file that is there but is not the right one."""
+    return f"{path} is corrupt or truncated ({why}): delete it and download it again (--data.download=true)."
+
+
+def try_download(fetch: Callable[[], object]) -> str | None:
+    """Run torchvision's download; return why it failed (for the missing-files message), or None."""
+    try:
+        fetch()
+    except (URLError, OSError, RuntimeError) as err:  # torchvision wraps some URLErrors into RuntimeError
+        return "the download failed: " + " ".join(str(err).split())
+    return None
+
+
+def why_missing(download: bool, failure: str | None) -> str:
+    """Why the files can be missing, for the message of require_files."""
+    if failure:
+        return failure
+    if not download:
+        return "downloading is off: --data.download=false"
+    return "prepare_data() downloads them, in one process per machine"
+
+
+def check_idx(path: Path) -> None:
+    """Raise a RuntimeError naming ``path`` if it is not a complete IDX file of unsigned bytes."""
+    # torchvision checks the MD5 sums of the .gz downloads only, not of the extracted files it reads.
+    with open(path, "rb") as f:
+        magic = f.read(4)
+        ndim = magic[3] if len(magic) == 4 else 0
+        dims = np.frombuffer(f.read(4 * ndim), dtype=">u4")
+    if magic[:3] != b"\0\0\x08" or len(dims) != ndim:
+        raise RuntimeError(corrupt(path, "no IDX header of unsigned bytes"))
+    size = 4 + 4 * ndim + math.prod(int(d) for d in dims)
+    if path.stat().st_size != size:
+        raise RuntimeError(corrupt(path, f"{path.stat().st_size} bytes where its header promises {size}"))
+
+
+class MNISTDataModule(InMemoryDataModule):
+    """MNIST handwritten digits (60,000 training and 10,000 test images, 28x28), in torchvision's files.
+
+    Args:
+        data_dir: folder of torchvision datasets: the files are DATA_DIR/MNIST/raw/*-ubyte.
+        download: download missing files (needs network access; one process per machine downloads).
+        val_size: training images held out (seeded, stratified) for validation; the test set is the official one.
+        batch_size: images per batch.
+        num_workers: DataLoader worker processes; 0 is fastest for data held in memory.
+        seed: seed of the train/validation split and of the training subset used for the gap.
+    """
+
+    dataset = datasets.MNIST
+    input_shape = (1, 28, 28)
+    mean, std = (0.1307,), (0.3081,)  # of the 60,000 training images
+
+    def __init__(
+        self,
+        data_dir: str = "data/",
+        download: bool = True,
+        val_size: int = 5000,
+        batch_size: int = 128,
+        num_workers: int = 0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(val_size, batch_size, num_workers, seed)
+
+    def prepare_data(self) -> None:
+        # Lightning calls this in one process per machine (local rank 0), before setup() on every rank.
+        failure = None
+        if self.hparams.download and not all((self.folder / name).is_file() for name in self.files):
+            failure = try_download(lambda: self.dataset(self.hparams.data_dir, train=False, download=True))
+        self.check_files(failure)
+
+    def load(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        self.check_files()
+        train = self.dataset(self.hparams.data_dir, train=True)
+        test = self.dataset(self.hparams.data_dir, train=False)
+        return train.data.unsqueeze(1), train.targets, test.data.unsqueeze(1), test.targets
+
+    @property
+    def folder(self) -> Path:
+        """torchvision's ``raw_folder`` of this dataset."""
+        return Path(self.hparams.data_dir) / self.dataset.__name__ / "raw"
+
+    @property
+    def files(self) -> list[str]:
+        """The extracted files torchvision reads: its downloads, without the .gz."""
+        return [Path(archive).stem for archive, _ in self.dataset.resources]
+
+    def check_files(self, failure: str | None = None) -> None:
+        """Raise a clear error if a file is missing or not a complete IDX file."""
+        archives = ", ".join(archive for archive, _ in self.dataset.resources)
+        or_else = f"put the original {archives} there: --data.download=true then only checks and extracts them."
+        require_files(
+            self.dataset.__name__,
+            self.folder,
+            dict.fromkeys(self.files),
+            why_missing(self.hparams.download, failure),
+            or_else,
+        )
+        for name in self.files:
+            check_idx(self.folder / name)
+
+
+class FashionMNISTDataModule(MNISTDataModule):
+    """Fashion-MNIST: Zalando's clothing images (60,000 training, 10,000 test, 28x28), in torchvision's files.
+
+    Args:
+        data_dir: folder of torchvision datasets: the files are DATA_DIR/FashionMNIST/raw/*-ubyte.
+        download: download missing files (needs network access; one process per machine downloads).
+        val_size: training images held out (seeded, stratified) for validation; the test set is the official one.
+        batch_size: images per batch.
+        num_workers: DataLoader worker processes; 0 is fastest for data held in memory.
+        seed: seed of the train/validation split and of the training subset used for the gap.
+    """
+
+    dataset = datasets.FashionMNIST
+    mean, std = (0.2860,), (0.3530,)  # of the 60,000 training images
+
+
+class AugmentedBatches(TensorBatches):
+    """Training batches with a random crop (after 4 pixels of zero padding) and a random horizontal flip per image."""
+
+    pad = 4
+
+    def transform(self, images: Tensor) -> Tensor:
+        # torchvision's v2 transforms draw one crop for a whole batch tensor; here every image
+        # draws its own offsets and flip, and one gather builds the whole batch.
+        n, c, h, w = images.shape
+        padded = torch.nn.functional.pad(images, (self.pad,) * 4)
+        top = torch.randint(0, 2 * self.pad + 1, (n, 1))
+        left = torch.randint(0, 2 * self.pad + 1, (n, 1))
+        flip = torch.rand(n, 1) < 0.5
+        rows = top + torch.arange(h)
+        cols = left + torch.where(flip, torch.arange(w - 1, -1, -1), torch.arange(w))
+        return padded[
+            torch.arange(n).view(n, 1, 1, 1),
+            torch.arange(c).view(1, c, 1, 1),
+            rows.view(n, 1, h, 1),
+            cols.view(n, 1, 1, w),
+        ]
+
+
+class CIFAR10DataModule(InMemoryDataModule):
+    """CIFAR-10 colour images in 10 classes (50,000 training and 10,000 test, 32x32), in torchvision's files.
+
+    Args:
+        data_dir: folder of torchvision datasets: the files are DATA_DIR/cifar-10-batches-py/*.
+        download: download missing files (needs network access; one process per machine downloads).
+        val_size: training images held out (seeded, stratified) for validation; the test set is the official one.
+        batch_size: images per batch.
+        num_workers: DataLoader worker processes; 0 is fastest for data held in memory.
+        seed: seed of the train/validation split and of the training subset used for the gap.
+        augment: random 32x32 crop of the image padded by 4 pixels, and random horizontal flip, on training
+            batches only (validation, train_eval and test images are never augmented).
+    """
+
+    dataset = datasets.CIFAR10
+    input_shape = (3, 32, 32)
+    # Per-channel mean and std over all pixels of the 50,000 training images.
+    mean, std = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+
+    def __init__(
+        self,
+        data_dir: str = "data/",
+        download: bool = True,
+        val_size: int = 5000,
+        batch_size: int = 128,
+        num_workers: int = 0,
+        seed: int = 0,
+        augment: bool = False,
+    ) -> None:
+        super().__init__(val_size, batch_size, num_workers, seed)
+        if augment:
+            self.batches = AugmentedBatches
+
+    def prepare_data(self) -> None:
+        # Lightning calls this in one process per machine (local rank 0), before setup() on every rank.
+        failure = None
+        if self.hparams.download and not all((self.folder / name).is_file() for name in self.md5):
+            failure = try_download(lambda: self.dataset(self.hparams.data_dir, train=False, download=True))
+        self.check_files(failure)
+
+    def load(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        self.check_files()
+        train = self.dataset(self.hparams.data_dir, train=True)
+        test = self.dataset(self.hparams.data_dir, train=False)
+        # torchvision keeps (N, H, W, C) numpy arrays and label lists.
+        images, test_images = (torch.from_numpy(d.data).permute(0, 3, 1, 2).contiguous() for d in (train, test))
+        return images, torch.tensor(train.targets), test_images, torch.tensor(test.targets)
+
+    @property
+    def folder(self) -> Path:
+        """torchvision's folder of the extracted batches."""
+        return Path(self.hparams.data_dir) / self.dataset.base_folder
+
+    @property
+    def md5(self) -> dict[str, str]:
+        """The files torchvision reads and their MD5 sums, from its own table."""
+        meta = self.dataset.meta
+        return {**dict(self.dataset.train_list + self.dataset.test_list), meta["filename"]: meta["md5"]}
+
+    def check_files(self, failure: str | None = None) -> None:
+        """Raise a clear error if a file is missing or fails its MD5 checksum."""
+        archive = Path(self.hparams.data_dir) / self.dataset.filename
+        or_else = f"put the original {archive}: --data.download=true then only checks and extracts it."
+        require_files(
+            self.dataset.__name__, self.folder, self.md5, why_missing(self.hparams.download, failure), or_else
+        )
