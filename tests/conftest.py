@@ -1,0 +1,46 @@
+"""Shared test helpers: run train.py as a user would, read TensorBoard event files back."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Small and quick: a few batches of the embedded digits, no progress bar.
+QUICK = [
+    "--trainer.max_epochs=2",
+    "--trainer.limit_train_batches=4",
+    "--trainer.limit_val_batches=2",
+    "--trainer.limit_test_batches=2",
+    "--trainer.log_every_n_steps=1",
+    "--trainer.enable_progress_bar=false",
+    "--trainer.enable_model_summary=false",
+]
+
+
+def run_train(*args: str, root: Path | None, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run ``python train.py ARGS --trainer.default_root_dir=ROOT`` in a subprocess and return it."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, str(ROOT / "train.py"), *args]
+    if root is not None:
+        cmd.append(f"--trainer.default_root_dir={root}")
+    result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        pytest.fail(f"{' '.join(cmd)} exited {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
+    return result
+
+
+def read_events(run_dir: Path) -> EventAccumulator:
+    """Load every event file of one TensorBoard run folder (scalars, tensors and plugin data)."""
+    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "tensors": 0})
+    events.Reload()
+    return events
+
+
+def scalars(events: EventAccumulator, tag: str) -> list[tuple[int, float]]:
+    """(step, value) of every point logged under ``tag``."""
+    return [(e.step, e.value) for e in events.Scalars(tag)]

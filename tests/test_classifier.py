@@ -1,0 +1,119 @@
+"""The LightningModules: Lightning alone switches dropout on and off, at the right moments."""
+
+import ast
+from collections import defaultdict
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+from dropout_lab import CNNClassifier, CustomDropout, CustomDropout2d, MLPClassifier, MNIST5kDataModule
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+class RecordDropoutModes(L.Callback):
+    """Record, before every batch of every loop, whether each dropout layer is in training mode."""
+
+    def __init__(self) -> None:
+        self.modes: dict[str, list[list[bool]]] = defaultdict(list)
+
+    def record(self, loop: str, pl_module: L.LightningModule) -> None:
+        layers = [m for m in pl_module.modules() if isinstance(m, CustomDropout | CustomDropout2d)]
+        assert layers, "the model has no dropout layer"
+        self.modes[loop].append([m.training for m in layers])
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.record(f"train_epoch_{trainer.current_epoch}", pl_module)
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+        self.record("sanity" if trainer.sanity_checking else "val", pl_module)
+
+    def on_test_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+        self.record("test", pl_module)
+
+    def on_predict_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+        self.record("predict", pl_module)
+
+
+def tiny_trainer(tmp_path, callbacks=()) -> L.Trainer:
+    return L.Trainer(
+        max_epochs=2,
+        limit_train_batches=3,
+        limit_val_batches=2,
+        limit_test_batches=2,
+        limit_predict_batches=2,
+        num_sanity_val_steps=1,
+        default_root_dir=tmp_path,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        logger=False,
+        enable_checkpointing=False,
+        callbacks=list(callbacks),
+    )
+
+
+@pytest.mark.parametrize("model_class", [MLPClassifier, CNNClassifier])
+def test_dropout_is_on_in_training_and_off_in_every_evaluation(tmp_path, model_class):
+    recorder = RecordDropoutModes()
+    trainer = tiny_trainer(tmp_path, [recorder])
+    model = CNNClassifier(channels=(4,), hidden=16) if model_class is CNNClassifier else MLPClassifier(hidden=(16,))
+    data = MNIST5kDataModule(batch_size=16)
+    trainer.fit(model, data)
+    trainer.test(model, data)
+    trainer.predict(model, data)
+
+    modes = recorder.modes
+    # Epoch 1 comes after a validation epoch: training mode must have been restored.
+    for loop in ("train_epoch_0", "train_epoch_1"):
+        assert len(modes[loop]) == 3 and all(all(batch) for batch in modes[loop]), loop
+    for loop, batches in [("sanity", 2), ("val", 8), ("test", 2), ("predict", 2)]:
+        assert len(modes[loop]) == batches and not any(any(batch) for batch in modes[loop]), loop
+
+
+def test_dropout_changes_the_output_in_training_but_not_in_evaluation():
+    torch.manual_seed(0)
+    model, x = MLPClassifier(hidden=(64,)), torch.randn(8, 1, 28, 28)
+    assert not torch.equal(model(x), model(x))  # a new module starts in training mode
+    model.eval()  # the test switches by hand here; the template's own code never does
+    assert torch.equal(model(x), model(x))
+
+
+def test_our_code_never_switches_modes_by_hand():
+    """No ``.train()``, ``.eval()`` or ``training=`` anywhere in src/: only Lightning switches modes."""
+    offending = [
+        f"{path.name}:{node.lineno}"
+        for path in SRC.rglob("*.py")
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Call)
+        and (
+            (isinstance(node.func, ast.Attribute) and node.func.attr in ("train", "eval"))
+            or any(keyword.arg == "training" for keyword in node.keywords)
+        )
+    ]
+    assert offending == []
+
+
+@pytest.mark.parametrize("input_shape", [(1, 28, 28), (3, 32, 32)])
+@pytest.mark.parametrize("model_class", [MLPClassifier, CNNClassifier])
+def test_input_shape_and_classes_come_from_arguments(model_class, input_shape):
+    model = model_class(input_shape=input_shape, num_classes=7)
+    assert model(torch.randn(5, *input_shape)).shape == (5, 7)
+
+
+@pytest.mark.parametrize("argument", ["dropout", "input_dropout"])
+def test_mlp_refuses_a_wrong_dropout_naming_the_argument(argument):
+    with pytest.raises(ValueError, match=rf"{argument} .* 0 <= {argument} <= 1, got 1.5"):
+        MLPClassifier(**{argument: 1.5})
+
+
+@pytest.mark.parametrize("argument", ["dropout", "conv_dropout"])
+def test_cnn_refuses_a_wrong_dropout_naming_the_argument(argument):
+    with pytest.raises(ValueError, match=rf"{argument} .* 0 <= {argument} <= 1, got -0.2"):
+        CNNClassifier(**{argument: -0.2})
+
+
+def test_hyperparameters_are_saved_for_load_from_checkpoint():
+    model = CNNClassifier(dropout=0.3, lr=0.01)
+    assert model.hparams.dropout == 0.3 and model.hparams.lr == 0.01

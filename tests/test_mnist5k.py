@@ -1,0 +1,62 @@
+"""The embedded default data: 5,000 real MNIST digits, split offline, stratified and seeded."""
+
+import torch
+
+from dropout_lab import MNIST5kDataModule
+
+
+def setup_data(**kwargs) -> MNIST5kDataModule:
+    data = MNIST5kDataModule(**kwargs)
+    data.setup("fit")
+    return data
+
+
+def image_bytes(dataset) -> set[bytes]:
+    """Identify images by their bytes, to compare splits without trusting any index bookkeeping."""
+    return {image.numpy().tobytes() for image in dataset.images}
+
+
+def test_splits_have_the_requested_sizes_and_are_disjoint():
+    data = setup_data()
+    sizes = [len(data.train_set), len(data.val_set), len(data.test_set)]
+    assert sizes == [4000, 500, 500]
+    train, val, test = (image_bytes(s) for s in (data.train_set, data.val_set, data.test_set))
+    assert len(train) + len(val) + len(test) == 5000  # also: no duplicate images inside a split
+    assert not (train & val or train & test or val & test)
+
+
+def test_splits_are_stratified():
+    data = setup_data()
+    for dataset, per_class in [(data.train_set, 400), (data.val_set, 50), (data.test_set, 50)]:
+        assert torch.bincount(dataset.labels, minlength=10).tolist() == [per_class] * 10
+
+
+def test_train_eval_subset_is_training_data_as_large_as_val():
+    data = setup_data()
+    assert len(data.train_eval_set) == len(data.val_set)
+    assert image_bytes(data.train_eval_set) <= image_bytes(data.train_set)
+
+
+def test_split_is_fixed_by_the_seed():
+    a, b, c = setup_data(seed=1), setup_data(seed=1), setup_data(seed=2)
+    assert torch.equal(a.val_set.images, b.val_set.images)
+    assert not torch.equal(a.val_set.images, c.val_set.images)
+
+
+def test_batches_are_normalized_float_images_with_labels():
+    data = setup_data(batch_size=32)
+    x, y = next(iter(data.train_dataloader()))
+    assert x.shape == (32, 1, 28, 28) and x.dtype == torch.float32
+    assert y.shape == (32,) and y.dtype == torch.int64
+    images = data.train_set.images.float() / 255
+    normalized = (images - data.mean[0]) / data.std[0]
+    assert abs(normalized.mean().item()) < 0.1 and abs(normalized.std().item() - 1) < 0.1
+
+
+def test_val_dataloaders_are_val_then_train_eval_in_order():
+    data = setup_data(batch_size=500)
+    (val_x, val_y), (train_eval_x, _) = (next(iter(loader)) for loader in data.val_dataloader())
+    expected = (data.val_set.images.float() / 255 - data.mean[0]) / data.std[0]
+    torch.testing.assert_close(val_x, expected)
+    assert torch.equal(val_y, data.val_set.labels)
+    assert len(train_eval_x) == 500
