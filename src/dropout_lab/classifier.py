@@ -97,6 +97,7 @@ class MLPClassifier(Classifier):
         lr: AdamW learning rate.
         weight_decay: AdamW decoupled weight decay; 0 isolates the effect of dropout.
         cosine: anneal the learning rate to 0 along a cosine over the whole run.
+        compile: compile the network with torch.compile (the first steps are slower while it compiles).
     """
 
     def __init__(
@@ -109,10 +110,13 @@ class MLPClassifier(Classifier):
         lr: float = 1e-3,
         weight_decay: float = 0.0,
         cosine: bool = True,
+        compile: bool = False,
     ) -> None:
         super().__init__(num_classes)
         self.save_hyperparameters(logger=False)  # TensorBoardLayout logs them, with metrics
         self.net = MLP(input_shape, num_classes, hidden, dropout, input_dropout)
+        if compile:
+            self.net.compile()  # in place: the state_dict keys, hence checkpoints, stay those of the plain net
 
 
 class CNNClassifier(Classifier):
@@ -129,6 +133,7 @@ class CNNClassifier(Classifier):
         lr: AdamW learning rate.
         weight_decay: AdamW decoupled weight decay; 0 isolates the effect of dropout.
         cosine: anneal the learning rate to 0 along a cosine over the whole run.
+        compile: compile the network with torch.compile (the first steps are slower while it compiles).
     """
 
     def __init__(
@@ -142,7 +147,10 @@ class CNNClassifier(Classifier):
         lr: float = 1e-3,
         weight_decay: float = 0.0,
         cosine: bool = True,
+        compile: bool = False,
     ) -> None:
         super().__init__(num_classes)
         self.save_hyperparameters(logger=False)  # TensorBoardLayout logs them, with metrics
         self.net = CNN(input_shape, num_classes, channels, hidden, dropout, conv_dropout)
+        if compile:
+            self.net.compile()  # in place: the state_dict keys, hence checkpoints, stay those of the plain net

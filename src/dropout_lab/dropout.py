@@ -4,8 +4,12 @@ Training: every unit is zeroed independently with probability ``p`` and the surv
 scaled by ``1 / (1 - p)``, so the expected value of each unit is unchanged. Evaluation:
 the identity. The layer decides by ``self.training`` alone, which Lightning switches for
 us around every validation, test and predict loop.
+
+On CUDA, large tensors take a fused Triton kernel (dropout_triton.py) that computes the same
+thing and keeps no mask for backward; the choice is made at the end of this file.
 """
 
+import functools
 import numbers
 
 import torch
@@ -46,6 +50,8 @@ class CustomDropout(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if not self.training or self.p == 0.0:
             return x
+        if use_fast_path(x, self.p):  # large CUDA tensors: the same dropout, fused (see the end of this file)
+            return fast_dropout(x, self.p)
         return dropout(x, self.p, x.shape)
 
     def extra_repr(self) -> str:
@@ -68,3 +74,40 @@ class CustomDropout2d(CustomDropout):
         if not self.training or self.p == 0.0:
             return x
         return dropout(x, self.p, x.shape[:2] + (1, 1))
+
+
+# The fast path. Everything above is the definition; below, only the choice of a faster way to
+# compute it on CUDA. CustomDropout2d stays on the plain path: its mask has one entry per
+# channel, a few bytes per sample, so there is nothing to save by regenerating it.
+
+FAST_PATH_MIN_NUMEL = 2**20  # below ~1M elements one kernel launch costs more than the memory it saves (issue 6, H100)
+FAST_PATH_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+@functools.cache
+def triton_dropout():
+    """The Triton kernel's module, or None where Triton is not installed. Imported on first use only."""
+    try:
+        from dropout_lab import dropout_triton
+    except ImportError:
+        return None
+    return dropout_triton
+
+
+def use_fast_path(x: Tensor, p: float) -> bool:
+    """Whether ``x`` is a large floating-point CUDA tensor that the fused Triton kernel can take."""
+    return (
+        x.is_cuda
+        and x.dtype in FAST_PATH_DTYPES
+        and FAST_PATH_MIN_NUMEL <= x.numel()
+        and p < 1.0  # p = 1 is all zeros: nothing to draw
+        # torch.compile fuses the plain path by itself; the kernel's seed would break its graph.
+        and not torch.compiler.is_compiling()
+        and triton_dropout() is not None
+        and x.numel() <= triton_dropout().MAX_NUMEL
+    )
+
+
+def fast_dropout(x: Tensor, p: float) -> Tensor:
+    """``dropout(x, p, x.shape)`` by the fused Triton kernel: no mask is kept for backward."""
+    return triton_dropout().dropout(x, p)
