@@ -15,8 +15,9 @@ def main(args: list[str] | None = None) -> None:
     trainer.fit(cli.model, cli.datamodule, ckpt_path=cli.config.ckpt_path)
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     trainer.test(cli.model, cli.datamodule, ckpt_path=best or None)
+    log_dir = trainer.log_dir  # a collective under DDP: every rank must ask
     if trainer.is_global_zero and trainer.logger is not None:
-        print(f"\nCheckpoints and TensorBoard logs of this run: {trainer.log_dir}")
+        print(f"\nCheckpoints and TensorBoard logs of this run: {log_dir}")
         print(f"Compare runs in TensorBoard:  tensorboard --logdir {trainer.logger.root_dir}")
 
 
