@@ -2,22 +2,36 @@
 
 Every argument of the model, the DataModule and the Trainer is a flag (``--model.dropout=0.3``),
 read from the classes' signatures and docstrings; YAML files in configs/ only set those flags.
+
+Bad input stops the run before anything is written, with one message that says what is wrong
+and what to do: a mistyped key gets the closest valid one, an error raised in a class's
+``__init__`` is shown as it was raised (not inside jsonargparse's longer Union message).
 """
 
-from typing import Optional
+import difflib
+import inspect
+import os
+import re
+from pathlib import Path
 
 import lightning as L
+import torch
+from jsonargparse import Namespace
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from dropout_lab.callbacks import GeneralizationGap, TensorBoardLayout
+from dropout_lab.checkpointing import RNGState, check_resumable, find_last_checkpoint
 from dropout_lab.classifier import Classifier
+from dropout_lab.nan_guard import NaNGuard
 
 
 class DropoutLabCLI(LightningCLI):
     """``python train.py --help`` lists what this parser accepts."""
 
-    def __init__(self, args: Optional[list[str]] = None) -> None:
+    def __init__(self, args: list[str] | None = None) -> None:
         super().__init__(
             Classifier,
             L.LightningDataModule,
@@ -26,21 +40,157 @@ class DropoutLabCLI(LightningCLI):
             seed_everything_default=0,
             # Callbacks given here are always present; --trainer.callbacks adds to them.
             trainer_defaults={
-                "max_epochs": 10,
+                "max_epochs": 15,
                 "log_every_n_steps": 10,
-                "callbacks": [GeneralizationGap(), TensorBoardLayout(), LearningRateMonitor("step")],
+                "callbacks": [
+                    GeneralizationGap(),
+                    TensorBoardLayout(),
+                    LearningRateMonitor("step"),
+                    RNGState(),
+                    NaNGuard(),
+                    # last.ckpt at every epoch end, for resuming. Lightning 2.6's save_last writes it
+                    # only when the best-model checkpoint above is written, i.e. when val/acc improved.
+                    ModelCheckpoint(filename="last", monitor=None, save_top_k=1, enable_version_counter=False),
+                ],
+                # Atomic saves and weights-only loads; --trainer.plugins replaces this list.
+                "plugins": [{"class_path": "dropout_lab.checkpointing.AtomicCheckpointIO"}],
             },
+            parser_class=SuggestingParser,
             run=False,
             args=args,
         )
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.set_defaults(
-            {"model": {"class_path": "dropout_lab.MLPClassifier"}, "data": {"class_path": "dropout_lab.MNIST5kDataModule"}}
+            {
+                "model": {"class_path": "dropout_lab.MLPClassifier"},
+                "data": {"class_path": "dropout_lab.MNIST5kDataModule"},
+            }
         )
         # The data decides the shape of the network's input and output.
         parser.link_arguments("data.input_shape", "model.init_args.input_shape", apply_on="instantiate")
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
-        parser.set_defaults({"checkpoint.monitor": "val/acc", "checkpoint.mode": "max", "checkpoint.save_last": True})
-        parser.add_argument("--ckpt_path", type=Optional[str], default=None, help="Resume fitting from this checkpoint.")
+        parser.set_defaults({"checkpoint.monitor": "val/acc", "checkpoint.mode": "max"})
+        parser.add_argument(
+            "--ckpt_path",
+            type=str | None,
+            default=None,
+            help="Resume fitting from this checkpoint; 'last': the newest run's, under --trainer.default_root_dir.",
+        )
+
+    def before_instantiate_classes(self) -> None:
+        if self.config.ckpt_path == "last":
+            self.resume_last_run()
+
+    def resume_last_run(self) -> None:
+        """Point ``ckpt_path`` at the newest ``last.ckpt`` and log into that run's folder again.
+
+        Lightning's own ``ckpt_path="last"`` searches only the new run's (empty) folder.
+        """
+        trainer = self.config.trainer
+        logger = trainer.logger
+        if logger is None or logger is True:  # the Trainer's default TensorBoardLogger, made explicit
+            logger = trainer.logger = Namespace(
+                class_path="lightning.pytorch.loggers.TensorBoardLogger",
+                init_args=Namespace(save_dir=trainer.default_root_dir or os.getcwd()),
+            )
+        if not (isinstance(logger, Namespace) and logger.class_path.endswith("TensorBoardLogger")):
+            self.parser.error("--ckpt_path=last finds runs through the TensorBoard logger; pass the checkpoint's path.")
+        args = logger.init_args
+        try:
+            last = find_last_checkpoint(Path(args.save_dir) / (args.get("name") or "lightning_logs"))
+        except ValueError as error:
+            self.parser.exit(2, f"error: {error}\n")
+        run_dir = last.parent.parent
+        self.config.ckpt_path = str(last)
+        args.version = int(run_dir.name[len("version_") :]) if run_dir.name.startswith("version_") else run_dir.name
+        # SaveConfigCallback refuses to overwrite the first run's config.yaml; keep one per resume.
+        resumes = len(list(run_dir.glob("config_resume_*.yaml")))
+        self.save_config_kwargs = {**self.save_config_kwargs, "config_filename": f"config_resume_{resumes + 1}.yaml"}
+        print(f"Resuming {run_dir} from {last}")
+
+    def instantiate_classes(self) -> None:
+        try:
+            check_cuda_requested(self.config.trainer.accelerator)
+            super().instantiate_classes()
+            check_cpu_processes(self.trainer)
+            if self.config.ckpt_path:
+                check_resumable(self.config.ckpt_path, self.model, self.datamodule)
+        except (ValueError, MisconfigurationException) as error:
+            cause = innermost(error)
+            if not isinstance(cause, (ValueError, MisconfigurationException)):
+                raise  # not a complaint about the arguments: a bug, keep its traceback
+            self.parser.exit(2, f"error: {cause}\n")
+
+
+def innermost(error: BaseException) -> BaseException:
+    """The exception at the bottom of a chain: the one raised in ``__init__``, not jsonargparse's wrapper."""
+    while error.__cause__ is not None:
+        error = error.__cause__
+    return error
+
+
+def check_cuda_requested(accelerator: object) -> None:
+    # Lightning says only "No supported gpu backend found!" for --trainer.accelerator=gpu.
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ValueError(
+            f"--trainer.accelerator={accelerator} needs a CUDA GPU, but torch finds none on this machine. "
+            "Use --trainer.accelerator=cpu, or auto to use whatever is there."
+        )
+
+
+def check_cpu_processes(trainer: L.Trainer) -> None:
+    # Lightning starts one process per CPU "device" without asking how many cores there are.
+    cores = os.cpu_count() or 1
+    if isinstance(trainer.accelerator, CPUAccelerator) and trainer.num_devices > cores:
+        raise ValueError(
+            f"--trainer.devices={trainer.num_devices} would start {trainer.num_devices} training processes on the "
+            f"CPU, but this machine has {cores} cores. Use --trainer.devices={cores} or fewer."
+        )
+
+
+class SuggestingParser(LightningArgumentParser):
+    """A parser whose error for an unknown key ends with the closest valid key."""
+
+    def error(self, message: str, ex: Exception | None = None):
+        if self.exit_on_error:  # the parser that prints; the nested ones of --model and --data only raise
+            hints = [hint for key, candidates in unknown_keys(message, self) if (hint := closest(key, candidates))]
+            message = "\n".join([message.rstrip(), *hints])
+        return super().error(message, ex)
+
+
+def unknown_keys(message: str, parser: LightningArgumentParser) -> list[tuple[str, list[str]]]:
+    """(unknown key as a flag, valid flags to compare it with) for each unknown key that ``message`` names."""
+    flags = [flag for flag in parser._option_string_actions if flag.startswith("--")]
+    found = []
+    # --trainer.max_epohs=3 on the command line
+    if match := re.search(r"unrecognized arguments: (.*)", message):
+        found += [(arg.split("=")[0], flags) for arg in match.group(1).split() if arg.startswith("--")]
+    # trainer: {max_epohs: 3} in a config file
+    for group, key in re.findall(r"Group '([\w.]+)' does not accept option '(\w+)'", message):
+        found.append((f"--{group}.{key}", flags))
+    # --model.dropuot=0.3, or model: {init_args: {dropuot: 0.3}}: jsonargparse names the class it tried
+    section = re.match(r'Parser key "([\w.]+)"', message)
+    for class_path, key in re.findall(r"class_path '([\w.]+)':\s+Option '(\w+)' is not accepted", message):
+        params = init_parameters(class_path)
+        found.append((f"--{section.group(1)}.{key}", [f"--{section.group(1)}.{name}" for name in params]))
+    # seed_everythin: 1 at the top of a config file
+    if not section:
+        found += [(f"--{key}", flags) for key in re.findall(r"^Option '(\w+)' is not accepted", message)]
+    return found
+
+
+def init_parameters(class_path: str) -> list[str]:
+    module, _, name = class_path.rpartition(".")
+    cls = getattr(__import__(module, fromlist=[name]), name)
+    return [p for p in inspect.signature(cls).parameters if p not in ("args", "kwargs")]
+
+
+def closest(key: str, candidates: list[str]) -> str | None:
+    match = difflib.get_close_matches(key, candidates, n=1, cutoff=0.6)
+    if not match:
+        return None
+    section, _, name = match[0][2:].rpartition(".")
+    in_file = f"{section}.init_args.{name}" if section in ("model", "data") else match[0][2:]
+    return f"Unknown key {key!r}: did you mean {match[0]}? (in a config file: {in_file})"

@@ -1,0 +1,182 @@
+"""Checkpoints that a long run can trust: written atomically, read safely, resumed exactly.
+
+- ``AtomicCheckpointIO`` writes to a temporary file beside the target and renames it, so a
+  kill while saving leaves the previous ``last.ckpt`` whole, and it loads with
+  ``weights_only=True``, so a crafted checkpoint cannot run code.
+- ``RNGState`` puts the random number generators' states into every checkpoint and restores
+  them on resume: the resumed run draws the same dropout masks and batch orders as a run
+  that never stopped (Lightning's checkpoints hold no RNG state).
+- ``find_last_checkpoint`` and ``check_resumable`` serve ``--ckpt_path=last`` and refuse, before
+  anything is written, a checkpoint that this run could not continue.
+"""
+
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+# Types that torch's weights_only unpickler must accept beyond tensors and plain Python values.
+# Our checkpoints need none today; a DataModule argument typed ``Path`` would add pathlib.PosixPath.
+SAFE_GLOBALS: list[Any] = []
+
+
+def safe_load(path: str | Path, map_location: Any = "cpu") -> dict:
+    """``torch.load`` with ``weights_only=True``: tensors and plain values only, never code."""
+    with torch.serialization.safe_globals(SAFE_GLOBALS):
+        return torch.load(path, map_location=map_location, weights_only=True)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Save to ``<path>.tmp`` in the same folder, fsync, then ``os.replace`` onto ``path``; load weights only.
+
+    Lightning's own save renders the checkpoint in memory and moves a file from the system
+    temporary folder: when that is another filesystem the move is a copy, which a kill can cut
+    short, and nothing is fsynced. A rename within one folder is atomic.
+    """
+
+    def save_checkpoint(self, checkpoint: dict, path: str | Path, storage_options: Any = None) -> None:
+        if "://" in str(path):  # remote storage (s3://...): Lightning's fsspec transaction
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # A fixed name: a temporary file left by a killed save is overwritten by the next one.
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "wb") as f:
+            torch.save(checkpoint, f)
+            f.flush()
+            os.fsync(f.fileno())  # the bytes are on disk before the name points at them
+        os.replace(tmp, path)
+
+    def load_checkpoint(self, path: str | Path, *args: Any, weights_only: bool | None = None, **kwargs: Any) -> dict:
+        # True when not given, rather than torch's default, which an environment variable can turn off.
+        if weights_only is None:
+            weights_only = True
+        with torch.serialization.safe_globals(SAFE_GLOBALS):
+            return super().load_checkpoint(path, *args, weights_only=weights_only, **kwargs)
+
+
+def rng_states() -> dict:
+    """The states of every generator a run draws from, as tensors and plain Python values.
+
+    Not numpy arrays: ``trainer.test(ckpt_path=...)`` loads with ``weights_only=True``, which refuses them.
+    """
+    numpy_state = np.random.get_state(legacy=False)
+    numpy_state["state"] = {"key": numpy_state["state"]["key"].tolist(), "pos": numpy_state["state"]["pos"]}
+    return {
+        "torch": torch.get_rng_state(),
+        "torch.cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": numpy_state,
+        "python": random.getstate(),
+    }
+
+
+def set_rng_states(states: dict) -> None:
+    torch.set_rng_state(states["torch"])
+    if states["torch.cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["torch.cuda"])
+    np.random.set_state(states["numpy"])
+    random.setstate(states["python"])
+
+
+class RNGState(L.Callback):
+    """Store the generators' states in each checkpoint; put them back when training resumes.
+
+    Exact for checkpoints written at the end of an epoch (ModelCheckpoint's default): nothing
+    draws between that save and the next epoch's first draw. Lightning loads this state before
+    the sanity check, which it runs under ``isolate_rng``, and before the fit loop creates the
+    training DataLoader's iterator (whose sampler draws the epoch's order).
+    Under DDP only rank 0's states are saved, so every rank re-seeds from them plus its rank:
+    repeatable, with different masks per rank, but not the masks of an uninterrupted run.
+    """
+
+    def __init__(self) -> None:
+        self.rank, self.world_size = 0, 1
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self.rank, self.world_size = trainer.global_rank, trainer.world_size
+
+    def state_dict(self) -> dict:
+        return rng_states()
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        set_rng_states(state_dict)
+        if self.world_size > 1:
+            torch.manual_seed(int(torch.randint(2**31, ())) + self.rank)
+
+
+def find_last_checkpoint(root: Path) -> Path:
+    """The newest ``last.ckpt`` of the runs under a logger's root folder (``<root>/version_N/checkpoints``)."""
+    found = sorted(root.glob("*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
+    if not found:
+        raise ValueError(
+            f"--ckpt_path=last found no last.ckpt under {root}/*/checkpoints/. Check --trainer.default_root_dir "
+            "(it must be the one of the run to continue), pass a checkpoint's path, or leave --ckpt_path out "
+            "to start a new run."
+        )
+    return found[-1]
+
+
+def check_resumable(path: str | Path, model: L.LightningModule, datamodule: L.LightningDataModule | None) -> None:
+    """Raise a ValueError saying what is wrong if this run cannot continue from the checkpoint at ``path``.
+
+    Done before the Trainer writes anything, so a mistyped path leaves no empty run behind.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"--ckpt_path={path}: no such file. Pass an existing .ckpt file, or --ckpt_path=last.")
+    try:
+        checkpoint = safe_load(path)
+    except Exception as error:  # torch's message names the cause: a bad zip, an unsafe global, ...
+        lines = str(error).strip().splitlines()
+        reason = " ".join([lines[0], *(line for line in lines if "GLOBAL" in line)])
+        raise ValueError(
+            f"--ckpt_path={path} cannot be loaded: it is truncated, corrupt, not a checkpoint, or holds objects "
+            f"that would run code when unpickled (only tensors and plain values are loaded). torch says: {reason}"
+        ) from None  # the reason is in the message; the CLI shows it as one line
+    if "state_dict" not in checkpoint or "loops" not in checkpoint:
+        raise ValueError(f"--ckpt_path={path} is not a Lightning training checkpoint (no state_dict or loop state).")
+
+    expected = {key: tuple(value.shape) for key, value in model.state_dict().items()}
+    found = {key: tuple(value.shape) for key, value in checkpoint["state_dict"].items()}
+    problems = [f"missing {key}" for key in expected if key not in found]
+    problems += [f"unexpected {key}" for key in found if key not in expected]
+    problems += [
+        f"{key} has shape {found[key]}, the model {expected[key]}"
+        for key in expected.keys() & found.keys()
+        if found[key] != expected[key]
+    ]
+    if problems:
+        saved_class = checkpoint.get("hyper_parameters", {}).get("_class_path", "another model")
+        shown = "; ".join(problems[:6]) + (f"; ... ({len(problems)} in all)" if len(problems) > 6 else "")
+        raise ValueError(
+            f"--ckpt_path={path} holds weights of {saved_class} that do not fit this {type(model).__name__}: "
+            f"{shown}. Resume with the model and arguments that wrote it (see config.yaml beside it)."
+        )
+    _check_same_hparams("data", checkpoint.get("datamodule_hyper_parameters"), datamodule)
+
+
+def _check_same_hparams(section: str, saved: dict | None, current: L.LightningDataModule | None) -> None:
+    # The split seed and sizes decide which images are validation images: a resumed run with
+    # other values would train on images that were held out before.
+    if saved is None or current is None:
+        return
+    ignored = {"_class_path", "_instantiator", "num_workers"}  # num_workers changes speed, not results
+    differ = [
+        f"{section}.{key}: {saved[key]!r} in the checkpoint, {current.hparams.get(key)!r} now"
+        for key in saved.keys() - ignored
+        if _plain(saved[key]) != _plain(current.hparams.get(key))
+    ]
+    if differ:
+        raise ValueError(
+            "Resuming with other data arguments than the run that wrote the checkpoint would not continue "
+            f"that run ({'; '.join(sorted(differ))}). Pass the same values, or start a new run without --ckpt_path."
+        )
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value

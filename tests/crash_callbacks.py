@@ -1,0 +1,52 @@
+"""Callbacks that break a train.py run on purpose, for tests/test_reliability.py.
+
+train.py loads them with ``--trainer.callbacks+=crash_callbacks.<Name>`` when tests/ is on PYTHONPATH.
+"""
+
+import math
+import os
+import signal
+
+import lightning as L
+
+
+def kill_this_process() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)  # no cleanup, no exception handler: as a power cut or the OOM killer
+
+
+class KillAtEpochStart(L.Callback):
+    """SIGKILL the run when epoch ``epoch`` (0-based) starts: right after the previous epoch's checkpoint."""
+
+    def __init__(self, epoch: int = 2) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.current_epoch == self.epoch:
+            kill_this_process()
+
+
+class KillWhenPickled:
+    def __reduce__(self):
+        kill_this_process()
+
+
+class KillWhileSaving(L.Callback):
+    """SIGKILL the run in the middle of writing the checkpoint of epoch ``epoch`` (0-based)."""
+
+    def __init__(self, epoch: int = 1) -> None:
+        self.epoch = epoch
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        if trainer.current_epoch == self.epoch:
+            checkpoint["bomb"] = KillWhenPickled()  # torch.save dies while pickling the checkpoint
+
+
+class PoisonWeightsAtEpochStart(L.Callback):
+    """Set one weight to NaN when epoch ``epoch`` (0-based) starts, so its first loss is NaN."""
+
+    def __init__(self, epoch: int = 1) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.current_epoch == self.epoch:
+            next(pl_module.parameters()).data.view(-1)[0] = math.nan

@@ -1,0 +1,270 @@
+"""Bad input is refused clearly before anything is written; a crash or a resume loses nothing."""
+
+import os
+import signal
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from conftest import QUICK, ROOT, read_events, run_train
+
+from dropout_lab import CNNClassifier, MLPClassifier, MNIST5kDataModule
+from dropout_lab.checkpointing import AtomicCheckpointIO, check_resumable, safe_load
+
+SMALL = [*QUICK, "--model.hidden=[32]"]  # a small MLP: checkpoints of kilobytes, not 22 MB
+
+
+def crash(callback: str) -> str:
+    """The flag that adds a callback of tests/crash_callbacks.py to a train.py run."""
+    return f"--trainer.callbacks+=crash_callbacks.{callback}"
+
+
+@pytest.fixture
+def crash_callbacks_importable(monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]))
+
+
+def last_ckpt(root: Path) -> Path:
+    (path,) = root.glob("lightning_logs/*/checkpoints/last.ckpt")
+    return path
+
+
+def write_cnn_checkpoint(path: Path) -> Path:
+    model = CNNClassifier(channels=[4], hidden=8)
+    hparams = {"_class_path": "dropout_lab.CNNClassifier", **model.hparams}  # as LightningCLI saves them
+    torch.save({"state_dict": model.state_dict(), "loops": {}, "hyper_parameters": hparams}, path)
+    return path
+
+
+class RunsCodeWhenUnpickled:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+# --- Bad input: one line that says what is wrong and what to do, and no run folder ----------------
+
+
+def yaml_file(tmp_path: Path, name: str, text: str) -> str:
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+BAD_INPUT = {
+    # p outside [0, 1], for every dropout argument of both models: nets.py's check_p, shown unwrapped
+    "mlp_dropout": (["--model.dropout=1.5"], ["dropout is the probability", "0 <= dropout <= 1, got 1.5"]),
+    "mlp_input_dropout": (["--model.input_dropout=-0.1"], ["0 <= input_dropout <= 1, got -0.1"]),
+    "cnn_dropout": (["--model=CNNClassifier", "--model.dropout=2"], ["0 <= dropout <= 1, got 2"]),
+    "cnn_conv_dropout": (["--model=CNNClassifier", "--model.conv_dropout=-1"], ["0 <= conv_dropout <= 1, got -1"]),
+    # not a number: jsonargparse's own type error
+    "dropout_not_a_number": (["--model.dropout=abc"], ['Parser key "dropout"', "Expected a <class 'float'>"]),
+    "wrong_type": (["--trainer.max_epochs=abc"], ['Parser key "trainer.max_epochs"', "Expected a <class 'int'>"]),
+    # unknown keys, with the closest valid one
+    "unknown_model_key": (["--model.dropuot=0.3"], ["did you mean --model.dropout?"]),
+    "unknown_cnn_key": (["--model=CNNClassifier", "--model.conv_dropuot=0.3"], ["did you mean --model.conv_dropout?"]),
+    "unknown_trainer_key": (["--trainer.max_epohs=3"], ["did you mean --trainer.max_epochs?"]),
+    "unknown_top_level_key": (["--chkpt_path=x"], ["did you mean --ckpt_path?"]),
+    "unknown_key_in_yaml": (
+        ["--config", "{yaml}"],
+        [
+            "Option 'dropuot' is not accepted",
+            "did you mean --model.dropout? (in a config file: model.init_args.dropout)",
+        ],
+    ),
+    "config_file_missing": (["--config", "configs/no_such_file.yaml"], ["File does not exist", "no_such_file.yaml"]),
+    "config_file_not_yaml": (["--config", "{bad_yaml}"], ["Problems parsing config"]),
+    # the DataModule's own checks (data.py), shown unwrapped
+    "batch_size_zero": (["--data.batch_size=0"], ["batch_size must be a positive integer, got 0"]),
+    "val_size_negative": (["--data.val_size=-5"], ["val_size must be a positive number of images, got -5"]),
+    # devices this machine does not have
+    "gpu_on_cpu_machine": (["--trainer.accelerator=gpu"], ["--trainer.accelerator=gpu needs a CUDA GPU"]),
+    "more_cpu_processes_than_cores": (["--trainer.devices=64"], ["--trainer.devices=64 would start 64", "cores"]),
+    # checkpoints that cannot be resumed
+    "ckpt_missing": (["--ckpt_path=no_such.ckpt"], ["--ckpt_path=no_such.ckpt: no such file"]),
+    "ckpt_last_without_runs": (["--ckpt_path=last"], ["--ckpt_path=last found no last.ckpt under"]),
+    "ckpt_of_the_other_model": (
+        ["--ckpt_path={cnn_ckpt}"],
+        [
+            "holds weights of dropout_lab.CNNClassifier that do not fit this MLPClassifier",
+            "missing net.layers.2.weight",
+        ],
+    ),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", BAD_INPUT)
+def test_bad_input_stops_before_anything_is_written(tmp_path, case):
+    if case == "gpu_on_cpu_machine" and torch.cuda.is_available():
+        pytest.skip("needs a machine without a GPU")
+    args, messages = BAD_INPUT[case]
+    files = {
+        "yaml": yaml_file(tmp_path, "typo.yaml", "model:\n  init_args:\n    dropuot: 0.3\n"),
+        "bad_yaml": yaml_file(tmp_path, "invalid.yaml", "model: [unclosed\n"),
+        "cnn_ckpt": write_cnn_checkpoint(tmp_path / "cnn.ckpt"),
+    }
+    result = run_train(*[arg.format(**files) for arg in args], *QUICK, root=tmp_path / "runs", check=False)
+    assert result.returncode == 2, result.stderr[-2000:]
+    for message in messages:
+        assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "runs").exists()  # no empty run folder left behind
+
+
+@pytest.mark.slow
+def test_val_size_larger_than_the_data_is_refused_before_training(tmp_path):
+    # Known only once the data is loaded (DataModule.setup), so a run folder exists by then.
+    result = run_train("--data.val_size=100000", *SMALL, root=tmp_path, check=False)
+    assert result.returncode != 0
+    assert "cannot hold out 100000 of 4500" in result.stderr
+    assert not list(tmp_path.glob("lightning_logs/*/checkpoints"))
+
+
+def test_truncated_or_corrupt_checkpoint_is_refused_with_the_reason(tmp_path):
+    good = write_cnn_checkpoint(tmp_path / "good.ckpt")
+    truncated = tmp_path / "truncated.ckpt"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    garbage = tmp_path / "garbage.ckpt"
+    garbage.write_text("not a checkpoint")
+    model = CNNClassifier(channels=[4], hidden=8)
+    for path in (truncated, garbage):
+        with pytest.raises(ValueError, match="cannot be loaded: it is truncated, corrupt"):
+            check_resumable(path, model, None)
+    check_resumable(good, model, None)  # and a whole one passes
+
+
+def test_resuming_with_other_data_arguments_is_refused(tmp_path):
+    model, data = CNNClassifier(channels=[4], hidden=8), MNIST5kDataModule(seed=0)
+    path = tmp_path / "run.ckpt"
+    state = {"state_dict": model.state_dict(), "loops": {}, "datamodule_hyper_parameters": dict(data.hparams)}
+    torch.save(state, path)
+    check_resumable(path, model, MNIST5kDataModule(seed=0, num_workers=2))  # speed only: allowed
+    with pytest.raises(ValueError, match="data.seed: 0 in the checkpoint, 1 now"):
+        check_resumable(path, model, MNIST5kDataModule(seed=1))
+
+
+@pytest.mark.slow
+def test_nan_loss_stops_training_and_keeps_the_checkpoints(tmp_path, crash_callbacks_importable):
+    result = run_train(
+        *SMALL,
+        "--trainer.max_epochs=3",
+        crash("PoisonWeightsAtEpochStart"),
+        root=tmp_path,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert "FloatingPointError: the training loss became nan in epoch 1, batch 0 (global step 4)" in result.stderr
+    checkpoint = safe_load(last_ckpt(tmp_path))
+    assert checkpoint["epoch"] == 0  # epoch 0's checkpoint, not overwritten by the broken model
+    assert all(torch.isfinite(w).all() for w in checkpoint["state_dict"].values())
+
+
+# --- Resuming is exact ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("uninterrupted")
+    run_train(*SMALL, "--trainer.max_epochs=4", root=root)
+    return root
+
+
+@pytest.mark.slow
+def test_run_killed_after_epoch_2_resumes_to_the_same_weights_and_the_same_log(
+    tmp_path, uninterrupted, crash_callbacks_importable
+):
+    killed = run_train(*SMALL, "--trainer.max_epochs=4", crash("KillAtEpochStart"), root=tmp_path, check=False)
+    assert killed.returncode == -signal.SIGKILL
+    assert safe_load(last_ckpt(tmp_path))["epoch"] == 1  # stopped right after epoch 2 of 4 (0-based 1)
+
+    resumed = run_train(*SMALL, "--trainer.max_epochs=4", "--ckpt_path=last", root=tmp_path)
+    assert f"Resuming {last_ckpt(tmp_path).parents[1]}" in resumed.stdout
+
+    expected = safe_load(last_ckpt(uninterrupted))["state_dict"]
+    weights = safe_load(last_ckpt(tmp_path))["state_dict"]
+    assert weights.keys() == expected.keys()
+    assert all(torch.equal(weights[key], expected[key]) for key in expected)
+
+    # One TensorBoard run, continued: each tag's steps increase across the two processes' event files.
+    (run_dir,) = (tmp_path / "lightning_logs").iterdir()
+    assert sorted(p.name for p in run_dir.glob("config*.yaml")) == ["config.yaml", "config_resume_1.yaml"]
+    steps: dict[str, list[int]] = {}
+    for events_file in sorted(run_dir.glob("events.out.tfevents.*"), key=lambda p: p.stat().st_mtime):
+        events = read_events(events_file)
+        for tag in events.Tags()["scalars"]:
+            steps.setdefault(tag, []).extend(e.step for e in events.Scalars(tag))
+    # hp/* is written at step 0 by TensorBoardLayout at every fit start, the resumed one included.
+    # "epoch" is logged twice per step by Lightning itself (with train and with val metrics).
+    for tag, logged in steps.items():
+        if not tag.startswith("hp/") and tag != "epoch":
+            assert logged == sorted(set(logged)), f"{tag}: {logged}"
+    assert steps["train/loss"][-1] == 15 and steps["val/acc"][-1] == 15
+
+
+@pytest.mark.slow
+def test_kill_while_saving_leaves_the_previous_last_ckpt_intact(tmp_path, crash_callbacks_importable):
+    # save_top_k=0: only last.ckpt is written, so the kill hits the save of last.ckpt itself.
+    result = run_train(*SMALL, "--checkpoint.save_top_k=0", crash("KillWhileSaving"), root=tmp_path, check=False)
+    assert result.returncode == -signal.SIGKILL
+    checkpoint = safe_load(last_ckpt(tmp_path))  # loads: not truncated
+    assert (checkpoint["epoch"], checkpoint["global_step"]) == (0, 4)  # epoch 0's, as before the kill
+
+
+def test_atomic_save_replaces_the_file_and_leaves_no_temporary_file(tmp_path):
+    path = tmp_path / "last.ckpt"
+    AtomicCheckpointIO().save_checkpoint({"step": 1}, path)
+    AtomicCheckpointIO().save_checkpoint({"step": 2}, path)
+    assert safe_load(path) == {"step": 2}
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
+
+
+# --- Loading untrusted files ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def evil_checkpoint(tmp_path) -> tuple[Path, Path]:
+    marker = tmp_path / "code_ran"
+    model = MLPClassifier(hidden=[8])
+    path = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": model.state_dict(), "loops": {}, "payload": RunsCodeWhenUnpickled(marker)}, path)
+    return path, marker
+
+
+def test_safe_load_refuses_a_checkpoint_that_would_run_code(evil_checkpoint):
+    path, marker = evil_checkpoint
+    with pytest.raises(Exception, match="Weights only load failed"):
+        safe_load(path)
+    with pytest.raises(ValueError, match="objects that would run code"):
+        check_resumable(path, MLPClassifier(hidden=[8]), None)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("plugins", [[AtomicCheckpointIO()], None], ids=["ours", "lightning_default"])
+def test_trainer_fit_resume_refuses_a_checkpoint_that_would_run_code(tmp_path, evil_checkpoint, plugins):
+    path, marker = evil_checkpoint
+    trainer = L.Trainer(
+        default_root_dir=tmp_path,
+        plugins=plugins,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        max_epochs=1,
+        limit_train_batches=1,
+        limit_val_batches=0,
+    )
+    with pytest.raises(Exception, match="Weights only load failed"):
+        trainer.fit(MLPClassifier(hidden=[8]), MNIST5kDataModule(), ckpt_path=path)
+    assert not marker.exists()
+
+
+@pytest.mark.slow
+def test_train_py_refuses_a_checkpoint_that_would_run_code(tmp_path, evil_checkpoint):
+    path, marker = evil_checkpoint
+    result = run_train(*SMALL, f"--ckpt_path={path}", root=tmp_path / "runs", check=False)
+    assert result.returncode == 2
+    assert "cannot be loaded" in result.stderr and "Weights only load failed" in result.stderr
+    assert not marker.exists()
