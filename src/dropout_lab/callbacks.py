@@ -43,12 +43,13 @@ class GeneralizationGap(L.Callback):
             "gap/loss": metrics["val/loss"] - metrics["train_eval/loss"],
             "gap/acc": metrics["train_eval/acc"] - metrics["val/acc"],
         }
-        pl_module.log_dict(gap)
-        pl_module.log_dict({"hp/val_acc_best": self.val_acc_best, "hp/gap_loss": gap["gap/loss"], "hp/gap_acc": gap["gap/acc"]})
+        summary = {"hp/val_acc_best": self.val_acc_best, "hp/gap_loss": gap["gap/loss"], "hp/gap_acc": gap["gap/acc"]}
+        # The values are already global and equal on every rank: averaging them changes nothing.
+        pl_module.log_dict(gap | summary, sync_dist=True)
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if "test/acc" in trainer.callback_metrics:
-            pl_module.log("hp/test_acc", trainer.callback_metrics["test/acc"])
+            pl_module.log("hp/test_acc", trainer.callback_metrics["test/acc"], sync_dist=True)
 
     def state_dict(self) -> dict:
         return {"val_acc_best": self.val_acc_best}
@@ -69,7 +70,7 @@ class TensorBoardLayout(L.Callback):
         params = {
             "model": type(pl_module).__name__,
             "data": type(datamodule).__name__ if datamodule is not None else None,
-            "seed": int(os.environ.get("PL_GLOBAL_SEED", -1)),
+            "seed_everything": int(os.environ.get("PL_GLOBAL_SEED", -1)),
             **pl_module.hparams,
             **(datamodule.hparams if datamodule is not None else {}),
         }
