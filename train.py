@@ -1,9 +1,9 @@
 """Train a classifier that uses CustomDropout, then test its best checkpoint.
 
-    python train.py                                      # MLP on the 5,000 embedded MNIST digits
-    python train.py --model=CNNClassifier --model.dropout=0.3
-    python train.py --config configs/cnn_mnist5k.yaml --trainer.max_epochs=3
-    python train.py --help                               # every flag, with its docstring
+python train.py                                      # MLP on the 5,000 embedded MNIST digits
+python train.py --model=CNNClassifier --model.dropout=0.3
+python train.py --config configs/cnn_mnist5k.yaml --trainer.max_epochs=3
+python train.py --help                               # every flag, with its docstring
 """
 
 from dropout_lab.cli import DropoutLabCLI

@@ -120,7 +120,7 @@ def test_val_size_larger_than_the_data_is_refused_before_training(tmp_path):
     # Known only once the data is loaded (DataModule.setup), so a run folder exists by then.
     result = run_train("--data.val_size=100000", *SMALL, root=tmp_path, check=False)
     assert result.returncode != 0
-    assert "cannot hold out 100000 of 4500" in result.stderr
+    assert "val_size=100000 cannot be held out of 4500" in result.stderr
     assert not list(tmp_path.glob("lightning_logs/*/checkpoints"))
 
 

@@ -48,8 +48,9 @@ def test_default_run_uses_the_mlp_on_the_embedded_digits(tmp_path):
 
 
 def test_config_file_and_override_are_applied_in_order(tmp_path):
-    run_train("--config", "configs/cnn_mnist5k.yaml", "--config", "configs/debug.yaml", "--model.dropout=0.25",
-              root=tmp_path)
+    run_train(
+        "--config", "configs/cnn_mnist5k.yaml", "--config", "configs/debug.yaml", "--model.dropout=0.25", root=tmp_path
+    )
     config = (only_run_dir(tmp_path) / "config.yaml").read_text()
     assert "class_path: dropout_lab.CNNClassifier" in config and "dropout: 0.25" in config
 

@@ -8,6 +8,7 @@ by the same validation loop as ``val/*`` (the DataModule's second validation loa
 
 import math
 import os
+from pathlib import Path
 
 import lightning as L
 from lightning.pytorch.loggers import TensorBoardLogger
@@ -64,6 +65,10 @@ class TensorBoardLayout(L.Callback):
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         logger = trainer.logger
         if not isinstance(logger, TensorBoardLogger):
+            return
+        # --ckpt_path=last resumes logging into the run folder that already holds both (see cli.py);
+        # writing them again would put the hp/ placeholders at step 0 after later steps.
+        if trainer.ckpt_path and any(Path(logger.log_dir).glob("events.out.tfevents.*")):
             return
         logger.experiment.add_custom_scalars(LAYOUT)
         datamodule = trainer.datamodule

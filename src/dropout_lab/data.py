@@ -60,10 +60,15 @@ def keep_batch(batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
     return batch
 
 
-def stratified_split(labels: Tensor, n_holdout: int, seed: int) -> tuple[Tensor, Tensor]:
-    """Split indices into (rest, holdout) with ``n_holdout`` items spread evenly over the classes."""
+def stratified_split(labels: Tensor, n_holdout: int, seed: int, name: str) -> tuple[Tensor, Tensor]:
+    """Split indices into (rest, holdout) with ``n_holdout`` items spread evenly over the classes.
+
+    ``name`` is the argument that asked for ``n_holdout``, for the error message.
+    """
     if not 0 < n_holdout < len(labels):
-        raise ValueError(f"cannot hold out {n_holdout} of {len(labels)} examples: choose 0 < size < {len(labels)}")
+        raise ValueError(
+            f"{name}={n_holdout} cannot be held out of {len(labels)} examples: choose 0 < {name} < {len(labels)}"
+        )
     order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
     by_class = order[torch.sort(labels[order], stable=True).indices]
     # Evenly spaced picks through the class-sorted list take each class in proportion.
@@ -106,7 +111,7 @@ class InMemoryDataModule(L.LightningDataModule):
         if hasattr(self, "train_set"):  # fit, then test: load once
             return
         images, labels, test_images, test_labels = self.load()
-        train, val = stratified_split(labels, self.hparams.val_size, self.hparams.seed)
+        train, val = stratified_split(labels, self.hparams.val_size, self.hparams.seed, "val_size")
         seeded = torch.Generator().manual_seed(self.hparams.seed)
         train_eval = train[torch.randperm(len(train), generator=seeded)[: min(len(val), self.train_eval_cap)]]
         self.train_set = self.batches(images[train], labels[train], self.mean, self.std)
@@ -177,7 +182,7 @@ class MNIST5kDataModule(InMemoryDataModule):
         images = read_idx_gz(MNIST5K_DIR / "images-idx3-ubyte.gz").unsqueeze(1)
         labels = read_idx_gz(MNIST5K_DIR / "labels-idx1-ubyte.gz").long()
         # The records are sorted by label: the split must shuffle and stratify.
-        rest, test = stratified_split(labels, self.hparams.test_size, self.hparams.seed)
+        rest, test = stratified_split(labels, self.hparams.test_size, self.hparams.seed, "test_size")
         return images[rest], labels[rest], images[test], labels[test]
 
 

@@ -1,0 +1,35 @@
+"""Print a Markdown table of the runs under a TensorBoard folder: the sweep tables of the README.
+
+python scripts/runs_table.py runs/sweep_mlp
+"""
+
+import sys
+from pathlib import Path
+
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import plugin_data_pb2
+
+COLUMNS = ["gap/loss", "gap/acc", "train_eval/acc", "val/acc", "test/acc"]
+
+
+def summarize(run_dir: Path) -> tuple[dict, dict[str, float]]:
+    """The run's hyperparameters (from its HParams summary) and the last value of each column."""
+    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    events.Reload()
+    start = events.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+    hparams = plugin_data_pb2.HParamsPluginData.FromString(start).session_start_info.hparams
+    params = {key: getattr(value, value.WhichOneof("kind")) for key, value in hparams.items()}
+    return params, {tag: events.Scalars(tag)[-1].value for tag in COLUMNS if tag in events.Tags()["scalars"]}
+
+
+def main(root: str) -> None:
+    print("| model | dropout p | " + " | ".join(f"final {tag}" for tag in COLUMNS) + " |")
+    print("|---" * (len(COLUMNS) + 2) + "|")
+    for run_dir in sorted({path.parent for path in Path(root).rglob("events.out.tfevents.*")}):
+        params, values = summarize(run_dir)
+        cells = [f"{values[tag]:.3f}" if tag in values else "-" for tag in COLUMNS]
+        print(f"| {params['model']} | {params['dropout']:g} | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
