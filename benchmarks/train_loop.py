@@ -12,6 +12,9 @@ the same net (the classifier's ``.net``), the same AdamW with the same cosine sc
 same DataLoader. The two alternate in one process; the ratio is of the medians. Both the wall
 time and the process's CPU time are shown: on a machine shared with other work the CPU time
 (with --threads=1) is the steadier measure of the work each loop does.
+
+After the table comes where the template's extra time goes: the parts of its step that the
+plain loop does not have, each timed from the inside during the template runs.
 """
 
 import argparse
@@ -22,7 +25,9 @@ import logging
 import statistics
 import tempfile
 import time
+import warnings
 
+import lightning as L
 import torch
 import torch.nn.functional as F
 
@@ -59,7 +64,37 @@ class Clock:
         self.wall, self.cpu = time.perf_counter() - self.wall, time.process_time() - self.cpu
 
 
-def template_fit(model: str, data: InMemoryDataModule, steps: int, extra_args: list[str]) -> Clock:
+def timed(fn, label: str, totals: dict[str, float]):
+    """``fn``, adding the seconds of each call to ``totals[label]``."""
+
+    def wrapper(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            totals[label] = totals.get(label, 0.0) + time.perf_counter() - start
+
+    return wrapper
+
+
+def time_pieces(cli: DropoutLabCLI, totals: dict[str, float]) -> None:
+    """Time the parts of the template's step that the plain loop does not have (wrapping this run's objects)."""
+    model, trainer = cli.model, cli.trainer
+    pieces = {
+        "classifier.py _shared_step: metrics(...), torchmetrics update + batch value": (model.train_metrics, "forward"),
+        "classifier.py _shared_step: self.log_dict(metrics, on_step=True)": (model, "log_dict"),
+        "Lightning: logger.log_metrics, TensorBoard writes": (trainer.logger, "log_metrics"),
+        "Lightning: trainer.save_checkpoint by ModelCheckpoint, once per run": (trainer, "save_checkpoint"),
+    }
+    for callback in trainer.callbacks:
+        for hook in ("on_train_batch_start", "on_train_batch_end"):
+            if getattr(type(callback), hook) is not getattr(L.Callback, hook):  # only hooks it implements
+                pieces[f"callback {type(callback).__name__}.{hook}"] = (callback, hook)
+    for label, (owner, name) in pieces.items():
+        setattr(owner, name, timed(getattr(owner, name), label, totals))
+
+
+def template_fit(model: str, data: InMemoryDataModule, steps: int, extra_args: list[str], totals=None) -> Clock:
     """Seconds of ``trainer.fit`` for a Trainer and model built by the template's CLI."""
     with tempfile.TemporaryDirectory() as root:
         cli = DropoutLabCLI(
@@ -71,6 +106,8 @@ def template_fit(model: str, data: InMemoryDataModule, steps: int, extra_args: l
                 *extra_args,
             ]
         )
+        if totals is not None:
+            time_pieces(cli, totals)
         # The progress bar writes on every step; a terminal would show it, here it is discarded.
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             with Clock() as clock:
@@ -104,13 +141,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--steps", type=int, default=100, help="optimizer steps per run")
-    parser.add_argument("--cnn-steps", type=int, default=10, help="optimizer steps per run of the CNN")
-    parser.add_argument("--repeats", type=int, default=3, help="runs of each loop, alternating")
+    parser.add_argument("--cnn-steps", type=int, default=20, help="optimizer steps per run of the CNN")
+    parser.add_argument("--repeats", type=int, default=5, help="runs of each loop, alternating")
     parser.add_argument("--random60k", action="store_true", help="also train on 60,000 random MNIST-shaped images")
     parser.add_argument("--template-args", action="append", default=[], help="more train.py flags for the template")
     args = parser.parse_args()
     for name in ("lightning.pytorch", "lightning.fabric"):
         logging.getLogger(name).setLevel(logging.WARNING)  # "Seed set to 0", the model summary, ...
+    warnings.filterwarnings("ignore", ".*args parameter is intended to run from within Python.*")
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -120,6 +158,7 @@ def main() -> None:
     print(f"{'':<33} {'wall seconds':^32}  {'CPU seconds':^32}")
     print(f"{'model':<14} {'data':<12} {'steps':>5}" + f" {'template':>9} {'plain':>7} {'template/plain':>15} " * 2)
 
+    breakdowns = {}
     datasets = {"MNIST5k": MNIST5kDataModule(batch_size=BATCH_SIZE)}
     if args.random60k:
         datasets["random 60k"] = RandomMNIST()
@@ -129,9 +168,9 @@ def main() -> None:
             model = model_class.__name__
             template_fit(model, data, 2, args.template_args)  # warm-up: first-call costs of both loops
             plain_fit(model_class, data, 2)
-            template, plain = [], []
+            template, plain, totals = [], [], {}
             for _ in range(args.repeats):
-                template.append(template_fit(model, data, steps, args.template_args))
+                template.append(template_fit(model, data, steps, args.template_args, totals))
                 plain.append(plain_fit(model_class, data, steps))
             line = f"{model:<14} {data_name:<12} {steps:>5}"
             for clock in ("wall", "cpu"):
@@ -139,6 +178,16 @@ def main() -> None:
                 p = statistics.median(getattr(run, clock) for run in plain)
                 line += f" {t:>9.2f} {p:>7.2f} {t / p:>14.2f}x "
             print(line)
+            per_step = 1e3 / (args.repeats * steps)
+            extra = statistics.median(run.wall for run in template) - statistics.median(run.wall for run in plain)
+            breakdowns[f"{model} on {data_name}: template - plain = {extra / steps * 1e3:.2f} ms/step, of which"] = {
+                label: seconds * per_step for label, seconds in totals.items()
+            }
+
+    for title, pieces in breakdowns.items():
+        print(f"\n{title}")
+        for label, ms in sorted(pieces.items(), key=lambda item: -item[1]):
+            print(f"{ms:>8.3f} ms/step  {label}")
 
 
 if __name__ == "__main__":
