@@ -81,8 +81,7 @@ def time_pieces(cli: DropoutLabCLI, totals: dict[str, float]) -> None:
     """Time the parts of the template's step that the plain loop does not have (wrapping this run's objects)."""
     model, trainer = cli.model, cli.trainer
     pieces = {
-        "classifier.py _shared_step: metrics(...), torchmetrics update + batch value": (model.train_metrics, "forward"),
-        "classifier.py _shared_step: self.log_dict(metrics, on_step=True)": (model, "log_dict"),
+        "classifier.py training_step: self.log_dict(train/loss, train/acc)": (model, "log_dict"),
         "Lightning: logger.log_metrics, TensorBoard writes": (trainer.logger, "log_metrics"),
         "Lightning: trainer.save_checkpoint by ModelCheckpoint, once per run": (trainer, "save_checkpoint"),
     }
