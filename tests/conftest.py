@@ -34,6 +34,12 @@ def run_train(*args: str, root: Path | None, check: bool = True, timeout: float 
     return result
 
 
+def only_run_dir(root: Path) -> Path:
+    """The one run folder (``lightning_logs/version_N``) that train.py wrote under ``root``."""
+    (run_dir,) = (root / "lightning_logs").iterdir()
+    return run_dir
+
+
 def read_events(run_dir: Path) -> EventAccumulator:
     """Load every event file of one TensorBoard run folder (scalars, tensors and plugin data)."""
     events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "tensors": 0})

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import QUICK, read_events, run_train, scalars
+from conftest import QUICK, only_run_dir, read_events, run_train, scalars
 from tensorboard.plugins.custom_scalar import layout_pb2
 from tensorboard.plugins.hparams import plugin_data_pb2
 
@@ -16,8 +16,7 @@ def events(tmp_path_factory):
     """One short single-process run of 3 epochs, read back from its event files."""
     root = tmp_path_factory.mktemp("gap")
     run_train(*QUICK, "--trainer.max_epochs=3", "--model.dropout=0.3", "--seed_everything=5", root=root)
-    (run_dir,) = (root / "lightning_logs").iterdir()
-    return read_events(run_dir)
+    return read_events(only_run_dir(root))
 
 
 def test_gap_tags_have_one_point_per_validation_epoch_at_the_global_step(events):
@@ -81,8 +80,7 @@ def test_ddp_logs_the_same_values_as_one_process_and_masks_differ_by_rank(tmp_pa
     probe = ["--trainer.callbacks+=tests.ddp_probe.DropoutProbe", f"--trainer.callbacks.out_dir={tmp_path / 'probe'}"]
     run_train(*SAME_WEIGHTS, *ddp, *probe, root=tmp_path / "ddp")
 
-    (single_dir,) = (tmp_path / "single" / "lightning_logs").iterdir()
-    (ddp_dir,) = (tmp_path / "ddp" / "lightning_logs").iterdir()
+    single_dir, ddp_dir = only_run_dir(tmp_path / "single"), only_run_dir(tmp_path / "ddp")
     writer_pids = {path.name.split(".")[-2] for path in ddp_dir.glob("events.out.tfevents.*")}
     assert len(writer_pids) == 1  # one process, rank 0, writes events (names end in .<pid>.<n>)
     single, distributed = read_events(single_dir), read_events(ddp_dir)

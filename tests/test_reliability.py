@@ -7,7 +7,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from conftest import QUICK, ROOT, read_events, run_train
+from conftest import QUICK, ROOT, only_run_dir, read_events, run_train
 
 from dropout_lab import CNNClassifier, MLPClassifier, MNIST5kDataModule
 from dropout_lab.checkpointing import AtomicCheckpointIO, check_resumable, safe_load
@@ -190,7 +190,7 @@ def test_run_killed_after_epoch_2_resumes_to_the_same_weights_and_the_same_log(
     assert all(torch.equal(weights[key], expected[key]) for key in expected)
 
     # One TensorBoard run, continued: each tag's steps increase across the two processes' event files.
-    (run_dir,) = (tmp_path / "lightning_logs").iterdir()
+    run_dir = only_run_dir(tmp_path)
     assert sorted(p.name for p in run_dir.glob("config*.yaml")) == ["config.yaml", "config_resume_1.yaml"]
     steps: dict[str, list[int]] = {}
     for events_file in sorted(run_dir.glob("events.out.tfevents.*"), key=lambda p: p.stat().st_mtime):

@@ -1,21 +1,14 @@
 """python train.py as a user runs it: event files, checkpoint, config, --help, CLI errors."""
 
-from pathlib import Path
-
 import pytest
 import torch
-from conftest import QUICK, read_events, run_train, scalars
+from conftest import QUICK, only_run_dir, read_events, run_train, scalars
 
 from dropout_lab import CNNClassifier, MLPClassifier
 
 pytestmark = pytest.mark.slow
 
 TAGS = ["train/loss", "train/acc", "val/loss", "val/acc", "test/loss", "test/acc", "lr-AdamW"]
-
-
-def only_run_dir(root: Path) -> Path:
-    (run_dir,) = (root / "lightning_logs").iterdir()
-    return run_dir
 
 
 @pytest.mark.parametrize("model", ["MLPClassifier", "CNNClassifier"])

@@ -5,14 +5,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import QUICK, read_events, run_train, scalars
+from conftest import QUICK, only_run_dir, read_events, run_train, scalars
 
 from dropout_lab import CNNClassifier, CustomDropout, CustomDropout2d, MLPClassifier
-
-
-def only_run_dir(root: Path) -> Path:
-    (run_dir,) = (root / "lightning_logs").iterdir()
-    return run_dir
 
 
 def train_losses(root: Path) -> list[float]:
