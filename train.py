@@ -6,6 +6,8 @@ python train.py --config configs/cnn_mnist5k.yaml --trainer.max_epochs=3
 python train.py --help                               # every flag, with its docstring
 """
 
+import torch
+
 from dropout_lab.cli import DropoutLabCLI
 
 
@@ -19,6 +21,10 @@ def main(args: list[str] | None = None) -> None:
     if trainer.is_global_zero and trainer.logger is not None:
         print(f"\nCheckpoints and TensorBoard logs of this run: {log_dir}")
         print(f"Compare runs in TensorBoard:  tensorboard --logdir {trainer.logger.root_dir}")
+    # Lightning leaves a DDP process group open for another fit; left to the interpreter's exit,
+    # gloo's threads were seen to abort the process (SIGABRT) after all the work was done.
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -1,5 +1,7 @@
 """The generalization gap in TensorBoard: tags, arithmetic, HParams, layout, and DDP equality."""
 
+import signal
+
 import pytest
 import torch
 from conftest import QUICK, only_run_dir, read_events, run_train, scalars
@@ -78,9 +80,16 @@ def test_ddp_logs_the_same_values_as_one_process_and_masks_differ_by_rank(tmp_pa
     run_train(*SAME_WEIGHTS, root=tmp_path / "single")
     ddp = ["--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=ddp"]
     probe = ["--trainer.callbacks+=tests.ddp_probe.DropoutProbe", f"--trainer.callbacks.out_dir={tmp_path / 'probe'}"]
-    run_train(*SAME_WEIGHTS, *ddp, *probe, root=tmp_path / "ddp")
+    for attempt in range(2):
+        result = run_train(*SAME_WEIGHTS, *ddp, *probe, root=tmp_path / f"ddp{attempt}", check=attempt == 1)
+        # A 2-process gloo run was seen to abort (SIGABRT) at exit once in a few runs after all its
+        # work was done; train.py closes the process group to prevent it. Retry such a run once.
+        if result.returncode == 0:
+            break
+        assert result.returncode == -signal.SIGABRT and "tensorboard --logdir" in result.stdout, result.stderr[-3000:]
+    ddp_root = tmp_path / f"ddp{attempt}"
 
-    single_dir, ddp_dir = only_run_dir(tmp_path / "single"), only_run_dir(tmp_path / "ddp")
+    single_dir, ddp_dir = only_run_dir(tmp_path / "single"), only_run_dir(ddp_root)
     writer_pids = {path.name.split(".")[-2] for path in ddp_dir.glob("events.out.tfevents.*")}
     assert len(writer_pids) == 1  # one process, rank 0, writes events (names end in .<pid>.<n>)
     single, distributed = read_events(single_dir), read_events(ddp_dir)
