@@ -3,7 +3,7 @@
 python train.py                                      # MLP on the 5,000 embedded MNIST digits
 python train.py --model=CNNClassifier --model.dropout=0.3
 python train.py --config configs/cnn_mnist5k.yaml --trainer.max_epochs=3
-python train.py --help                               # every flag, with its docstring
+python train.py --help                               # the flags; --model.help CNNClassifier: one class's
 """
 
 import torch

@@ -239,7 +239,23 @@ def check_idx(path: Path) -> None:
         raise RuntimeError(corrupt(path, f"{path.stat().st_size} bytes where its header promises {size}"))
 
 
-class MNISTDataModule(InMemoryDataModule):
+class TorchvisionDataModule(InMemoryDataModule):
+    """Base of the DataModules on a torchvision dataset class: download once, then check the files.
+
+    Subclasses set ``dataset`` and give ``folder``, ``files`` and ``check_files``.
+    """
+
+    dataset: type
+
+    def prepare_data(self) -> None:
+        # Lightning calls this in one process per machine (local rank 0), before setup() on every rank.
+        failure = None
+        if self.hparams.download and not all((self.folder / name).is_file() for name in self.files):
+            failure = try_download(lambda: self.dataset(self.hparams.data_dir, train=False, download=True))
+        self.check_files(failure)
+
+
+class MNISTDataModule(TorchvisionDataModule):
     """MNIST handwritten digits (60,000 training and 10,000 test images, 28x28), in torchvision's files.
 
     Args:
@@ -265,13 +281,6 @@ class MNISTDataModule(InMemoryDataModule):
         seed: int = 0,
     ) -> None:
         super().__init__(val_size, batch_size, num_workers, seed)
-
-    def prepare_data(self) -> None:
-        # Lightning calls this in one process per machine (local rank 0), before setup() on every rank.
-        failure = None
-        if self.hparams.download and not all((self.folder / name).is_file() for name in self.files):
-            failure = try_download(lambda: self.dataset(self.hparams.data_dir, train=False, download=True))
-        self.check_files(failure)
 
     def load(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         self.check_files()
@@ -343,7 +352,7 @@ class AugmentedBatches(TensorBatches):
         ]
 
 
-class CIFAR10DataModule(InMemoryDataModule):
+class CIFAR10DataModule(TorchvisionDataModule):
     """CIFAR-10 colour images in 10 classes (50,000 training and 10,000 test, 32x32), in torchvision's files.
 
     Args:
@@ -376,13 +385,6 @@ class CIFAR10DataModule(InMemoryDataModule):
         if augment:
             self.batches = AugmentedBatches
 
-    def prepare_data(self) -> None:
-        # Lightning calls this in one process per machine (local rank 0), before setup() on every rank.
-        failure = None
-        if self.hparams.download and not all((self.folder / name).is_file() for name in self.md5):
-            failure = try_download(lambda: self.dataset(self.hparams.data_dir, train=False, download=True))
-        self.check_files(failure)
-
     def load(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         self.check_files()
         train = self.dataset(self.hparams.data_dir, train=True)
@@ -395,6 +397,11 @@ class CIFAR10DataModule(InMemoryDataModule):
     def folder(self) -> Path:
         """torchvision's folder of the extracted batches."""
         return Path(self.hparams.data_dir) / self.dataset.base_folder
+
+    @property
+    def files(self) -> list[str]:
+        """The files torchvision reads."""
+        return list(self.md5)
 
     @property
     def md5(self) -> dict[str, str]:
