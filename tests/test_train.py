@@ -48,6 +48,12 @@ def test_config_file_and_override_are_applied_in_order(tmp_path):
     assert "class_path: dropout_lab.CNNClassifier" in config and "dropout: 0.25" in config
 
 
+def test_a_chosen_class_gets_its_own_defaults_not_the_default_classs():
+    config = run_train("--data=MNISTDataModule", "--model=CNNClassifier", "--print_config", root=None).stdout
+    assert "class_path: dropout_lab.MNISTDataModule" in config
+    assert "val_size: 5000" in config and "batch_size: 128" in config  # MNIST5kDataModule's are 500 and 64
+
+
 def test_seed_everything_makes_runs_repeatable(tmp_path):
     weights = []
     for name in ("a", "b"):

@@ -151,13 +151,27 @@ def check_cpu_processes(trainer: L.Trainer) -> None:
 
 
 class SuggestingParser(LightningArgumentParser):
-    """A parser whose error for an unknown key ends with the closest valid key."""
+    """A parser whose error for an unknown key ends with the closest valid key (and see get_defaults)."""
 
     def error(self, message: str, ex: Exception | None = None):
         if self.exit_on_error:  # the parser that prints; the nested ones of --model and --data only raise
             hints = [hint for key, candidates in unknown_keys(message, self) if (hint := closest(key, candidates))]
             message = "\n".join([message.rstrip(), *hints])
         return super().error(message, ex)
+
+    def get_defaults(self, *args, **kwargs) -> Namespace:
+        """The defaults, with the default model and data classes named but their arguments left out.
+
+        jsonargparse (issue #460) would otherwise carry the default class's argument values over to a
+        class chosen with ``--data=MNISTDataModule``: it got MNIST5kDataModule's val_size=500 and
+        batch_size=64 instead of its own 5000 and 128. Left out here, they are filled from whichever
+        class is chosen; ``--model.dropout=0.3`` alone still applies to the default class.
+        """
+        defaults = super().get_defaults(*args, **kwargs)
+        for key in ("model", "data"):
+            if isinstance(defaults.get(key), Namespace):
+                defaults[key].pop("init_args", None)
+        return defaults
 
 
 def unknown_keys(message: str, parser: LightningArgumentParser) -> list[tuple[str, list[str]]]:
