@@ -77,7 +77,7 @@ BAD_INPUT = {
     ),
     "config_file_missing": (["--config", "configs/no_such_file.yaml"], ["File does not exist", "no_such_file.yaml"]),
     "config_file_not_yaml": (["--config", "{bad_yaml}"], ["Problems parsing config"]),
-    # the DataModule's own checks (data.py), shown unwrapped
+    # the DataModule's own checks (data/base.py), shown unwrapped
     "batch_size_zero": (["--data.batch_size=0"], ["batch_size must be a positive integer, got 0"]),
     "val_size_negative": (["--data.val_size=-5"], ["val_size must be a positive number of images, got -5"]),
     # devices this machine does not have

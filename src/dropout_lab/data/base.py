@@ -1,0 +1,143 @@
+"""The in-memory base of every DataModule here, and the seeded stratified split.
+
+Every dataset here fits in memory, so each is decoded once into tensors and served a whole
+batch per indexing call: on a 2-core CPU, calling ``__getitem__`` per image and collating
+costs more than the MLP itself.
+
+A DataModule for this template provides ``input_shape`` and ``num_classes`` (train.py
+passes them to the model) and, for the honest generalization gap, a second validation
+loader over a fixed subset of the training data, without augmentation.
+"""
+
+import warnings
+
+import lightning as L
+import torch
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+# Workers only copy tensors that are already in memory; the main process is faster.
+warnings.filterwarnings("ignore", ".*does not have many workers.*")
+
+
+class TensorBatches(Dataset):
+    """uint8 images (N, C, H, W) and int64 labels, returned normalized a whole batch at a time."""
+
+    def __init__(self, images: Tensor, labels: Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+        self.images, self.labels = images, labels
+        self.mean = torch.tensor(mean).view(-1, 1, 1)
+        self.std = torch.tensor(std).view(-1, 1, 1)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitems__(self, indices: list[int]) -> tuple[Tensor, Tensor]:
+        # The DataLoader calls this with the sampler's whole batch of indices.
+        index = torch.as_tensor(indices)
+        images = self.transform(self.images[index])
+        return (images.float() / 255 - self.mean) / self.std, self.labels[index]
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+        images, labels = self.__getitems__([index])
+        return images[0], labels[0]
+
+    def transform(self, images: Tensor) -> Tensor:
+        """Augment a uint8 batch; evaluation data is served as it is."""
+        return images
+
+
+def keep_batch(batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+    """collate_fn for TensorBatches: ``__getitems__`` already returns a batch."""
+    return batch
+
+
+def stratified_split(labels: Tensor, n_holdout: int, seed: int, name: str) -> tuple[Tensor, Tensor]:
+    """Split indices into (rest, holdout) with ``n_holdout`` items spread evenly over the classes.
+
+    ``name`` is the argument that asked for ``n_holdout``, for the error message.
+    """
+    if not 0 < n_holdout < len(labels):
+        raise ValueError(
+            f"{name}={n_holdout} cannot be held out of {len(labels)} examples: choose 0 < {name} < {len(labels)}"
+        )
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
+    by_class = order[torch.sort(labels[order], stable=True).indices]
+    # Evenly spaced picks through the class-sorted list take each class in proportion.
+    holdout = by_class[(torch.arange(n_holdout) * len(labels)) // n_holdout]
+    is_rest = torch.ones(len(labels), dtype=torch.bool)
+    is_rest[holdout] = False
+    return is_rest.nonzero().squeeze(1), holdout.sort().values
+
+
+class InMemoryDataModule(L.LightningDataModule):
+    """Base of the DataModules here: subclasses set the class attributes and implement ``load``.
+
+    Args:
+        val_size: number of training images held out (seeded, stratified) for validation.
+        batch_size: images per batch.
+        num_workers: DataLoader worker processes; 0 is fastest for data held in memory.
+        seed: seed of the train/validation split and of the training subset used for the gap.
+    """
+
+    input_shape: tuple[int, int, int]
+    num_classes: int = 10
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    batches = TensorBatches  # the Dataset class of the training split: a subclass may augment
+    train_eval_cap = 10_000  # the training subset evaluated for the gap is as large as val, up to this
+
+    def __init__(self, val_size: int, batch_size: int = 64, num_workers: int = 0, seed: int = 0) -> None:
+        super().__init__()
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
+        if val_size <= 0:
+            raise ValueError(f"val_size must be a positive number of images, got {val_size}")
+        self.save_hyperparameters(logger=False)  # TensorBoardLayout logs them, with metrics
+
+    def load(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Return train images, train labels, test images, test labels: uint8 (N, C, H, W) and int64 (N,)."""
+        raise NotImplementedError
+
+    def setup(self, stage: str) -> None:
+        if hasattr(self, "train_set"):  # fit, then test: load once
+            return
+        images, labels, test_images, test_labels = self.load()
+        train, val = stratified_split(labels, self.hparams.val_size, self.hparams.seed, "val_size")
+        seeded = torch.Generator().manual_seed(self.hparams.seed)
+        train_eval = train[torch.randperm(len(train), generator=seeded)[: min(len(val), self.train_eval_cap)]]
+        self.train_set = self.batches(images[train], labels[train], self.mean, self.std)
+        self.val_set = TensorBatches(images[val], labels[val], self.mean, self.std)
+        self.train_eval_set = TensorBatches(images[train_eval], labels[train_eval], self.mean, self.std)
+        self.test_set = TensorBatches(test_images, test_labels, self.mean, self.std)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, shuffle=True)
+
+    def val_dataloader(self) -> list[DataLoader]:
+        # Index 0 is logged as val/, index 1 as train_eval/ (see Classifier.validation_step).
+        return [self._loader(self.val_set), self._loader(self.train_eval_set)]
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set)
+
+    def _loader(self, dataset: TensorBatches, shuffle: bool = False) -> DataLoader:
+        sampler = None
+        if not shuffle and self.trainer is not None and self.trainer.world_size > 1:
+            # Lightning's default DistributedSampler pads the last rank with repeated images, which
+            # would count twice in the evaluation metrics; this sampler gives each image to one rank.
+            sampler = UnrepeatedDistributedSampler(
+                dataset, num_replicas=self.trainer.world_size, rank=self.trainer.global_rank, shuffle=False
+            )
+        return DataLoader(
+            dataset,
+            batch_size=self.hparams.batch_size,
+            shuffle=shuffle,
+            sampler=sampler,
+            num_workers=self.hparams.num_workers,
+            collate_fn=keep_batch,
+            persistent_workers=self.hparams.num_workers > 0,
+        )

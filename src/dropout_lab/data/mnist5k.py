@@ -1,0 +1,47 @@
+"""The 5,000 MNIST digits that ship inside the package (dropout_lab/mnist5k/): the offline default."""
+
+import gzip
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from dropout_lab.data.base import InMemoryDataModule, stratified_split
+
+MNIST5K_DIR = Path(__file__).parent.parent / "mnist5k"
+
+
+def read_idx_gz(path: Path) -> Tensor:
+    """Read a gzipped IDX file (the MNIST format) of unsigned bytes into a uint8 tensor."""
+    data = gzip.open(path).read()
+    ndim = data[3]
+    shape = np.frombuffer(data, dtype=">u4", count=ndim, offset=4)
+    return torch.from_numpy(np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape).copy())
+
+
+class MNIST5kDataModule(InMemoryDataModule):
+    """5,000 real MNIST digits that ship with the package (500 per digit): the offline default.
+
+    Args:
+        val_size: digits held out (seeded, stratified) for validation.
+        test_size: digits held out (seeded, stratified) for testing.
+        batch_size: images per batch.
+        num_workers: DataLoader worker processes; 0 is fastest for data held in memory.
+        seed: seed of the train/validation/test split and of the training subset used for the gap.
+    """
+
+    input_shape = (1, 28, 28)
+    mean, std = (0.1307,), (0.3081,)
+
+    def __init__(
+        self, val_size: int = 500, test_size: int = 500, batch_size: int = 64, num_workers: int = 0, seed: int = 0
+    ) -> None:
+        super().__init__(val_size, batch_size, num_workers, seed)
+
+    def load(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        images = read_idx_gz(MNIST5K_DIR / "images-idx3-ubyte.gz").unsqueeze(1)
+        labels = read_idx_gz(MNIST5K_DIR / "labels-idx1-ubyte.gz").long()
+        # The records are sorted by label: the split must shuffle and stratify.
+        rest, test = stratified_split(labels, self.hparams.test_size, self.hparams.seed, "test_size")
+        return images[rest], labels[rest], images[test], labels[test]
