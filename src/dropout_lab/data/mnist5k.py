@@ -7,6 +7,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from dropout_lab.data.augment import AffineBatches
 from dropout_lab.data.base import InMemoryDataModule, stratified_split
 
 MNIST5K_DIR = Path(__file__).parent.parent / "mnist5k"
@@ -29,15 +30,25 @@ class MNIST5kDataModule(InMemoryDataModule):
         batch_size: images per batch.
         num_workers: DataLoader worker processes; 0 is fastest for data held in memory.
         seed: seed of the train/validation/test split and of the training subset used for the gap.
+        augment: a small random rotation, scale and shift of each training image (no flip), on training
+            batches only (validation, train_eval and test images are never augmented).
     """
 
     input_shape = (1, 28, 28)
     mean, std = (0.1307,), (0.3081,)
 
     def __init__(
-        self, val_size: int = 500, test_size: int = 500, batch_size: int = 64, num_workers: int = 0, seed: int = 0
+        self,
+        val_size: int = 500,
+        test_size: int = 500,
+        batch_size: int = 64,
+        num_workers: int = 0,
+        seed: int = 0,
+        augment: bool = False,
     ) -> None:
         super().__init__(val_size, batch_size, num_workers, seed)
+        if augment:
+            self.batches = AffineBatches
 
     def load(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         images = read_idx_gz(MNIST5K_DIR / "images-idx3-ubyte.gz").unsqueeze(1)

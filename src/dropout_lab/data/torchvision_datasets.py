@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 from torchvision import datasets
 
-from dropout_lab.data.augment import AugmentedBatches
+from dropout_lab.data.augment import AffineBatches, AugmentedBatches, FlippedAffineBatches
 from dropout_lab.data.base import InMemoryDataModule
 from dropout_lab.data.files import check_idx, require_files, try_download, why_missing
 
@@ -37,11 +37,14 @@ class MNISTDataModule(TorchvisionDataModule):
         batch_size: images per batch.
         num_workers: DataLoader worker processes; 0 is fastest for data held in memory.
         seed: seed of the train/validation split and of the training subset used for the gap.
+        augment: a small random rotation, scale and shift of each training image (no flip), on training
+            batches only (validation, train_eval and test images are never augmented).
     """
 
     dataset = datasets.MNIST
     input_shape = (1, 28, 28)
     mean, std = (0.1307,), (0.3081,)  # of the 60,000 training images
+    augmented = AffineBatches  # the training batches with --data.augment=true
 
     def __init__(
         self,
@@ -51,8 +54,11 @@ class MNISTDataModule(TorchvisionDataModule):
         batch_size: int = 128,
         num_workers: int = 0,
         seed: int = 0,
+        augment: bool = False,
     ) -> None:
         super().__init__(val_size, batch_size, num_workers, seed)
+        if augment:
+            self.batches = self.augmented
 
     def load(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         self.check_files()
@@ -95,10 +101,13 @@ class FashionMNISTDataModule(MNISTDataModule):
         batch_size: images per batch.
         num_workers: DataLoader worker processes; 0 is fastest for data held in memory.
         seed: seed of the train/validation split and of the training subset used for the gap.
+        augment: a small random rotation, scale and shift of each training image, and a left-right flip of
+            half of them, on training batches only (validation, train_eval and test images are never augmented).
     """
 
     dataset = datasets.FashionMNIST
     mean, std = (0.2860,), (0.3530,)  # of the 60,000 training images
+    augmented = FlippedAffineBatches
 
 
 class CIFAR10DataModule(TorchvisionDataModule):
