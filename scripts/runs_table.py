@@ -23,12 +23,16 @@ def summarize(run_dir: Path) -> tuple[dict, dict[str, float]]:
 
 
 def main(root: str) -> None:
-    print("| model | dropout p | " + " | ".join(f"final {tag}" for tag in COLUMNS) + " |")
-    print("|---" * (len(COLUMNS) + 2) + "|")
+    print("| model | dropout p | input / channel p | augment | " + " | ".join(f"final {tag}" for tag in COLUMNS) + " |")
+    print("|---" * (len(COLUMNS) + 4) + "|")
     for run_dir in sorted({path.parent for path in Path(root).rglob("events.out.tfevents.*")}):
         params, values = summarize(run_dir)
         cells = [f"{values[tag]:.3f}" if tag in values else "-" for tag in COLUMNS]
-        print(f"| {params['model']} | {params['dropout']:g} | " + " | ".join(cells) + " |")
+        # The MLP's other rate is its input dropout, the CNN's its channel dropout after each conv block.
+        other = params.get("input_dropout", params.get("conv_dropout"))
+        other = "-" if other is None else f"{other:g}"
+        augment = "yes" if params.get("augment") else "no"
+        print(f"| {params['model']} | {params['dropout']:g} | {other} | {augment} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":
