@@ -69,7 +69,7 @@ class KillRankOnFirstStart(L.Callback):
 
 
 class SignalJobAtEpochStart(L.Callback):
-    """Have SLURM send the job's tasks SIGUSR1 (as before its time limit) when epoch ``epoch`` starts.
+    """Have SLURM send the batch script SIGUSR1 (as before the time limit) when epoch ``epoch`` starts.
 
     Only in the job's first start: SLURM sets SLURM_RESTART_COUNT in a requeued job.
     """
@@ -80,4 +80,4 @@ class SignalJobAtEpochStart(L.Callback):
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         first_start = "SLURM_RESTART_COUNT" not in os.environ
         if first_start and trainer.is_global_zero and trainer.current_epoch == self.epoch:
-            subprocess.run(["scancel", "--signal=USR1", os.environ["SLURM_JOB_ID"]], check=True)
+            subprocess.run(["scancel", "--batch", "--signal=USR1", os.environ["SLURM_JOB_ID"]], check=True)

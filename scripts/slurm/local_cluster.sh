@@ -10,13 +10,21 @@
 set -euo pipefail
 command=$1
 dir=$(realpath -m "$2")
+# munged wants every folder above its socket open to all (pytest's temporary folders are not): /tmp
+socket=/tmp/munge-$(echo "$dir" | md5sum | cut -c1-12).socket
 
 if [[ $command == stop ]]; then
     export SLURM_CONF=$dir/slurm.conf
-    scancel --user="$(id -un)" 2>/dev/null || true
+    # SIGKILL every job and wait until they are gone: a daemon stopped first would leave them running.
+    scancel --full --signal=KILL --user="$(id -un)" 2>/dev/null || true
+    for _ in $(seq 20); do
+        [[ -z $(squeue --noheader 2>/dev/null) ]] && break
+        sleep 0.5
+    done
     for pid_file in "$dir/slurmd.pid" "$dir/slurmctld.pid" "$dir/private/munged.pid"; do
         [[ -f $pid_file ]] && kill "$(cat "$pid_file")" 2>/dev/null || true
     done
+    rm -f "$socket" "$socket.lock"
     exit 0
 fi
 
@@ -25,7 +33,6 @@ slurmd_port=${4:-16818}
 node=$(hostname -s)
 mkdir -p "$dir/state" "$dir/spool"
 mkdir -p -m 700 "$dir/private"
-chmod 755 "$dir"  # munged refuses a socket in a folder that others cannot enter
 [[ -f $dir/private/munge.key ]] || (umask 077 && head -c 1024 /dev/urandom > "$dir/private/munge.key")
 
 cat > "$dir/slurm.conf" <<CONF
@@ -35,7 +42,7 @@ SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
 # cred_expire: how long a requeued job waits before it may start again (default 120 s)
-AuthInfo=socket=$dir/munge.socket,cred_expire=5
+AuthInfo=socket=$socket,cred_expire=5
 CredType=cred/munge
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
@@ -46,6 +53,7 @@ MpiDefault=none
 # schedule every second: a requeued job starts again within seconds (defaults: 60 s and 30 s)
 SchedulerParameters=sched_interval=1,bf_interval=1
 ReturnToService=2
+KillWait=5
 StateSaveLocation=$dir/state
 SlurmdSpoolDir=$dir/spool
 SlurmctldPidFile=$dir/slurmctld.pid
@@ -58,7 +66,7 @@ NodeName=$node NodeAddr=127.0.0.1 CPUs=$(nproc) State=UNKNOWN
 PartitionName=local Nodes=$node Default=YES MaxTime=INFINITE State=UP
 CONF
 
-munged --socket="$dir/munge.socket" --key-file="$dir/private/munge.key" --pid-file="$dir/private/munged.pid" \
+munged --socket="$socket" --key-file="$dir/private/munge.key" --pid-file="$dir/private/munged.pid" \
     --log-file="$dir/private/munged.log" --seed-file="$dir/private/munge.seed"
 export SLURM_CONF=$dir/slurm.conf
 slurmctld -f "$SLURM_CONF"

@@ -99,9 +99,8 @@ class DropoutLabCLI(LightningCLI):
                 init_args=Namespace(save_dir=trainer.default_root_dir or os.getcwd()),
             )
         if not (isinstance(logger, Namespace) and logger.class_path.endswith("TensorBoardLogger")):
-            self.parser.error(
-                f"--ckpt_path={self.config.ckpt_path} finds runs through the TensorBoard logger; pass the checkpoint's path."
-            )
+            flag = f"--ckpt_path={self.config.ckpt_path}"
+            self.parser.error(f"{flag} finds runs through the TensorBoard logger; pass the checkpoint's path.")
         args = logger.init_args
         root = Path(args.save_dir) / (args.get("name") or "lightning_logs")
         try:
