@@ -114,8 +114,8 @@ class DropoutLabCLI(LightningCLI):
         run_dir = last.parent.parent
         self.config.ckpt_path = str(last)
         args.version = int(run_dir.name[len("version_") :]) if run_dir.name.startswith("version_") else run_dir.name
-        # Steps logged after that checkpoint, before the run was stopped, are logged again by the resumed
-        # run: SummaryWriter's purge_step makes TensorBoard drop the first ones (no step shown twice).
+        # The stopped process may have logged steps after that checkpoint, which the resumed run logs again:
+        # SummaryWriter's purge_step makes TensorBoard drop the stopped process's points from that step on.
         try:
             args.purge_step = safe_load(last)["global_step"]
         except Exception:  # an unreadable checkpoint: check_resumable names the problem before any work
