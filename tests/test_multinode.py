@@ -34,16 +34,24 @@ def free_port() -> int:
 
 
 def run_together(
-    commands: dict[str, list[str]], logs: Path, timeout: float = 240, env: dict | None = None
+    commands: dict[str, list[str]], logs: Path, timeout: float = 240, envs: dict[str, dict] | None = None
 ) -> dict[str, tuple[int, str]]:
-    """Start every command at once, wait for all; ``{name: (exit code, output)}``. Kills all on a timeout."""
+    """Start every command at once, wait for all; ``{name: (exit code, output)}``. Kills all on a timeout.
+
+    ``envs``: a command's environment by its name (default: ENV).
+    """
     logs.mkdir(parents=True, exist_ok=True)
     procs = {}
     try:
         for name, cmd in commands.items():
             with open(logs / f"{name}.log", "w") as out:
                 procs[name] = subprocess.Popen(
-                    cmd, cwd=ROOT, env=env or ENV, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+                    cmd,
+                    cwd=ROOT,
+                    env=(envs or {}).get(name, ENV),
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
                 )
         deadline = time.monotonic() + timeout
         for proc in procs.values():
@@ -140,7 +148,7 @@ def test_torchrun_restarts_killed_workers_which_continue_the_run_to_its_last_epo
     # torch's issue #135712: restarted workers that share torchrun's store read the killed workers'
     # addresses from it (gloo: "connectFullMesh failed ... Connection refused"); a store per start avoids it.
     env = {**ENV, "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
-    [(code, output)] = run_together({"torchrun": job}, tmp_path / "logs", env=env).values()
+    [(code, output)] = run_together({"torchrun": job}, tmp_path / "logs", envs={"torchrun": env}).values()
     assert code == 0, output[-5000:]
     assert "--ckpt_path=auto: no last.ckpt under" in output  # the first start
     assert "Resuming" in output and "last.ckpt" in output  # the restart
@@ -157,14 +165,21 @@ def test_torchrun_restarts_killed_workers_which_continue_the_run_to_its_last_epo
 # --- SLURM -------------------------------------------------------------------------------------
 
 
+def no_local_slurm() -> str | None:
+    """Why no local SLURM cluster can be started here, or None."""
+    missing = [tool for tool in ("slurmctld", "slurmd", "sbatch", "munged") if shutil.which(tool) is None]
+    if missing:
+        return f"SLURM is not installed ({', '.join(missing)} missing; apt-get install slurm-wlm munge)"
+    if os.geteuid() != 0:
+        return "a local SLURM cluster needs root (slurmd starts job steps as the submitting user)"
+    return None
+
+
 @pytest.fixture(scope="module")
 def slurm_cluster(tmp_path_factory):
     """A one-node SLURM cluster started by scripts/slurm/local_cluster.sh; its environment for sbatch."""
-    missing = [tool for tool in ("slurmctld", "slurmd", "sbatch", "munged") if shutil.which(tool) is None]
-    if missing:
-        pytest.skip(f"SLURM is not installed ({', '.join(missing)} missing; apt-get install slurm-wlm munge)")
-    if os.geteuid() != 0:
-        pytest.skip("a local SLURM cluster needs root (slurmd starts job steps as the submitting user)")
+    if reason := no_local_slurm():
+        pytest.skip(reason)
     folder = tmp_path_factory.mktemp("slurm")
     script = str(ROOT / "scripts" / "slurm" / "local_cluster.sh")
     try:
@@ -222,4 +237,38 @@ def test_sbatch_runs_two_tasks_and_a_requeued_job_continues_the_run(tmp_path, sl
     assert f"requeueing job {job_id}" in output and "Resuming" in output
     run_dir = only_run_dir(tmp_path / "runs")
     assert safe_load(run_dir / "checkpoints" / "last.ckpt")["epoch"] == 2
+    assert_same_values_and_distinct_masks(run_dir, one_process, tmp_path / "probe")
+
+
+@pytest.mark.skipif(no_local_slurm() is None, reason="SLURM runs here: the sbatch test above covers it")
+def test_tasks_started_with_sruns_environment_log_what_one_process_logs(tmp_path, one_process):
+    # What srun sets for 2 tasks on one node, which Lightning's SLURMEnvironment reads.
+    job = {
+        "SLURM_JOB_ID": "4242",
+        "SLURM_JOB_NAME": "dropout-lab",
+        "SLURM_JOB_NUM_NODES": "1",
+        "SLURM_JOB_NODELIST": "127.0.0.1",
+        "SLURM_NODELIST": "127.0.0.1",
+        "SLURM_NTASKS": "2",
+        "SLURM_NTASKS_PER_NODE": "2",
+        "SLURM_NODEID": "0",
+        "MASTER_PORT": str(free_port()),  # instead of Lightning's 15000 + the job id's last digits
+    }
+    envs = {f"task{r}": {**ENV, **job, "SLURM_PROCID": str(r), "SLURM_LOCALID": str(r)} for r in (0, 1)}
+    task = [
+        sys.executable,
+        "train.py",
+        *SMALL_SAME_WEIGHTS,
+        "--trainer.accelerator=cpu",
+        "--trainer.num_nodes=1",
+        "--trainer.devices=2",
+        PROBE,
+        f"--trainer.callbacks.out_dir={tmp_path / 'probe'}",
+        f"--trainer.default_root_dir={tmp_path / 'runs'}",
+    ]
+    results = run_together({name: task for name in envs}, tmp_path / "logs", envs=envs)
+    assert all(code == 0 for code, _ in results.values()), tail(tmp_path / "logs")
+    assert "SLURM auto-requeueing enabled" in results["task0"][1]  # Lightning took the SLURM path
+    run_dir = only_run_dir(tmp_path / "runs")
+    assert len({path.name.split(".")[-2] for path in run_dir.glob("events.out.tfevents.*")}) == 1  # one pid
     assert_same_values_and_distinct_masks(run_dir, one_process, tmp_path / "probe")
