@@ -6,6 +6,7 @@ train.py loads them with ``--trainer.callbacks+=crash_callbacks.<Name>`` when te
 import math
 import os
 import signal
+import subprocess
 
 import lightning as L
 
@@ -50,3 +51,33 @@ class PoisonWeightsAtEpochStart(L.Callback):
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.current_epoch == self.epoch:
             next(pl_module.parameters()).data.view(-1)[0] = math.nan
+
+
+class KillRankOnFirstStart(L.Callback):
+    """SIGKILL global rank ``rank`` before global step ``step``, only in a torchrun job's first start.
+
+    torchrun numbers its starts in TORCHELASTIC_RESTART_COUNT; the restarted workers run on.
+    """
+
+    def __init__(self, rank: int = 1, step: int = 6) -> None:
+        self.rank, self.step = rank, step
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
+        first_start = os.environ.get("TORCHELASTIC_RESTART_COUNT") == "0"
+        if first_start and trainer.global_rank == self.rank and trainer.global_step == self.step:
+            kill_this_process()
+
+
+class SignalJobAtEpochStart(L.Callback):
+    """Have SLURM send the batch script SIGUSR1 (as before the time limit) when epoch ``epoch`` starts.
+
+    Only in the job's first start: SLURM sets SLURM_RESTART_COUNT in a requeued job.
+    """
+
+    def __init__(self, epoch: int = 1) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        first_start = "SLURM_RESTART_COUNT" not in os.environ
+        if first_start and trainer.is_global_zero and trainer.current_epoch == self.epoch:
+            subprocess.run(["scancel", "--batch", "--signal=USR1", os.environ["SLURM_JOB_ID"]], check=True)

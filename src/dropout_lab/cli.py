@@ -23,7 +23,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from dropout_lab.callbacks import GeneralizationGap, TensorBoardLayout
-from dropout_lab.checkpointing import RNGState, check_resumable, find_last_checkpoint
+from dropout_lab.checkpointing import RNGState, check_resumable, find_last_checkpoint, safe_load
 from dropout_lab.classifier import Classifier
 from dropout_lab.nan_guard import NaNGuard
 
@@ -76,18 +76,21 @@ class DropoutLabCLI(LightningCLI):
             "--ckpt_path",
             type=str | None,
             default=None,
-            help="Resume fitting from this checkpoint; 'last': the newest run's, under --trainer.default_root_dir.",
+            help="Resume fitting from this checkpoint; 'last': the newest run's, under --trainer.default_root_dir; "
+            "'auto': the same if there is one, else start a new run (one command for the first start and restarts).",
         )
 
     def before_instantiate_classes(self) -> None:
-        if self.config.ckpt_path == "last":
+        if self.config.ckpt_path in ("last", "auto"):
             self.resume_last_run()
 
     def resume_last_run(self) -> None:
         """Point ``ckpt_path`` at the newest ``last.ckpt`` and log into that run's folder again.
 
         Lightning's own ``ckpt_path="last"`` searches only the new run's (empty) folder.
+        With ``auto``, finding none starts a new run instead of stopping.
         """
+        auto = self.config.ckpt_path == "auto"
         trainer = self.config.trainer
         logger = trainer.logger
         if logger is None or logger is True:  # the Trainer's default TensorBoardLogger, made explicit
@@ -96,15 +99,27 @@ class DropoutLabCLI(LightningCLI):
                 init_args=Namespace(save_dir=trainer.default_root_dir or os.getcwd()),
             )
         if not (isinstance(logger, Namespace) and logger.class_path.endswith("TensorBoardLogger")):
-            self.parser.error("--ckpt_path=last finds runs through the TensorBoard logger; pass the checkpoint's path.")
+            flag = f"--ckpt_path={self.config.ckpt_path}"
+            self.parser.error(f"{flag} finds runs through the TensorBoard logger; pass the checkpoint's path.")
         args = logger.init_args
+        root = Path(args.save_dir) / (args.get("name") or "lightning_logs")
         try:
-            last = find_last_checkpoint(Path(args.save_dir) / (args.get("name") or "lightning_logs"))
+            last = find_last_checkpoint(root)
         except ValueError as error:
+            if auto:
+                self.config.ckpt_path = None
+                print(f"--ckpt_path=auto: no last.ckpt under {root}/*/checkpoints/, starting a new run")
+                return
             self.parser.exit(2, f"error: {error}\n")
         run_dir = last.parent.parent
         self.config.ckpt_path = str(last)
         args.version = int(run_dir.name[len("version_") :]) if run_dir.name.startswith("version_") else run_dir.name
+        # The stopped process may have logged steps after that checkpoint, which the resumed run logs again:
+        # SummaryWriter's purge_step makes TensorBoard drop the stopped process's points from that step on.
+        try:
+            args.purge_step = safe_load(last)["global_step"]
+        except Exception:  # an unreadable checkpoint: check_resumable names the problem before any work
+            pass
         # SaveConfigCallback refuses to overwrite the first run's config.yaml; keep one per resume.
         resumes = len(list(run_dir.glob("config_resume_*.yaml")))
         self.save_config_kwargs = {**self.save_config_kwargs, "config_filename": f"config_resume_{resumes + 1}.yaml"}
