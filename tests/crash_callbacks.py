@@ -50,3 +50,14 @@ class PoisonWeightsAtEpochStart(L.Callback):
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.current_epoch == self.epoch:
             next(pl_module.parameters()).data.view(-1)[0] = math.nan
+
+
+class KillInRun(L.Callback):
+    """SIGKILL the process when the run logged as ``version_<version>`` starts training (a tune.py trial)."""
+
+    def __init__(self, version: int = 1) -> None:
+        self.version = version
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.logger is not None and trainer.logger.version == self.version:
+            kill_this_process()
