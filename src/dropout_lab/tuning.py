@@ -24,11 +24,13 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import lightning as L
 import optuna
 import sqlalchemy.exc
 import yaml
+from jsonargparse.typing import PositiveInt
 from lightning.pytorch.cli import LightningArgumentParser
 from torch.utils.tensorboard.summary import hparams
 
@@ -51,7 +53,9 @@ class TuneCLI(DropoutLabCLI):
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         super().add_arguments_to_parser(parser)
-        parser.add_argument("--tune.n_trials", type=int, default=20, help="Finished trials the study should hold.")
+        parser.add_argument(
+            "--tune.n_trials", type=PositiveInt, default=20, help="Finished trials the study should hold."
+        )
         parser.add_argument(
             "--tune.timeout", type=float | None, default=None, help="Stop starting trials after this many seconds."
         )
@@ -67,7 +71,11 @@ class TuneCLI(DropoutLabCLI):
             "--tune.metric", type=str, default="val/acc", help="Maximized if it ends in 'acc', else minimized."
         )
         parser.add_argument(
-            "--tune.pruner", type=str, default="median", choices=["median", "none"], help="Optuna pruner."
+            "--tune.pruner",
+            type=Literal["median", "none"],
+            default="median",
+            help="median: stop a trial whose metric is worse than the median of earlier trials at that epoch "
+            "(after 5 finished trials); none: run every trial to the end.",
         )
         parser.add_argument(
             "--tune.storage",
@@ -191,7 +199,9 @@ def open_study(url: str, name: str, direction: str, pruner: str) -> optuna.Study
     try:
         if url.startswith("sqlite:///"):
             Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
-        storage = optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_S)
+        with warnings.catch_warnings():  # the heartbeat is "experimental" since Optuna 2.9
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            storage = optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_S)
         return optuna.create_study(
             storage=storage,
             study_name=name,
