@@ -108,6 +108,13 @@ def test_bad_input_is_refused_before_anything_is_written(tmp_path, capsys, monke
     assert not (tmp_path / "out").exists()  # no storage, no run folder
 
 
+def test_a_metric_of_the_other_direction_does_not_join_an_existing_study(tmp_path, capsys):
+    optuna.create_study(study_name="tune", storage=f"sqlite:///{tmp_path / 'optuna.db'}", direction="maximize")
+    with pytest.raises(SystemExit):
+        run_tune("--tune.metric=val/loss", root=tmp_path)
+    assert "was created to maximize its metric, and this --tune.metric would be minimized" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_tiny_search_writes_trials_runs_and_a_best_config_that_train_py_reproduces(tmp_path, capsys):
     run_tune(*TINY, "--tune.n_trials=3", root=tmp_path)

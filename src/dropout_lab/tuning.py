@@ -199,11 +199,8 @@ def open_study(url: str, name: str, direction: str, pruner: str) -> optuna.Study
     try:
         if url.startswith("sqlite:///"):
             Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
-        with warnings.catch_warnings():  # the heartbeat is "experimental" since Optuna 2.9
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            storage = optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_S)
-        return optuna.create_study(
-            storage=storage,
+        study = optuna.create_study(
+            storage=rdb_storage(url),
             study_name=name,
             direction=direction,
             pruner=optuna.pruners.MedianPruner() if pruner == "median" else optuna.pruners.NopPruner(),
@@ -214,10 +211,25 @@ def open_study(url: str, name: str, direction: str, pruner: str) -> optuna.Study
             f"cannot open the study storage {url}: {getattr(error, 'orig', None) or error}. "
             "Give --tune.storage a writable SQLite file or a database URL this machine can reach."
         ) from error
-    except ValueError as error:  # a study of that name exists with the other direction
+    # Optuna keeps an existing study's direction whatever create_study is told.
+    if study.direction.name.lower() != direction:
         raise SpaceError(
-            f"{error} Use another --tune.study_name, or the metric that study was created with."
-        ) from error
+            f"study {name!r} in {url} was created to {study.direction.name.lower()} its metric, and this "
+            f"--tune.metric would be {direction}d. Use another --tune.study_name, or that study's metric."
+        )
+    return study
+
+
+def rdb_storage(url: str) -> optuna.storages.RDBStorage:
+    with warnings.catch_warnings():  # the heartbeat is "experimental" since Optuna 2.9
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        try:
+            return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_S)
+        except sqlalchemy.exc.OperationalError:
+            # Two workers started together on a new file both create its tables; the second may find
+            # them half made. By the second try they exist; a storage that is really broken fails again.
+            time.sleep(1)
+            return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_S)
 
 
 class ReportToTrial(L.Callback):
