@@ -199,13 +199,7 @@ def open_study(url: str, name: str, direction: str, pruner: str) -> optuna.Study
     try:
         if url.startswith("sqlite:///"):
             Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
-        study = optuna.create_study(
-            storage=rdb_storage(url),
-            study_name=name,
-            direction=direction,
-            pruner=optuna.pruners.MedianPruner() if pruner == "median" else optuna.pruners.NopPruner(),
-            load_if_exists=True,  # a second worker, or a restart, joins the study
-        )
+        study = create_or_join(url, name, direction, pruner)
     except (OSError, sqlalchemy.exc.SQLAlchemyError) as error:
         raise SpaceError(
             f"cannot open the study storage {url}: {getattr(error, 'orig', None) or error}. "
@@ -220,16 +214,26 @@ def open_study(url: str, name: str, direction: str, pruner: str) -> optuna.Study
     return study
 
 
-def rdb_storage(url: str) -> optuna.storages.RDBStorage:
-    with warnings.catch_warnings():  # the heartbeat is "experimental" since Optuna 2.9
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+def create_or_join(url: str, name: str, direction: str, pruner: str, tries: int = 3) -> optuna.Study:
+    for attempt in range(tries):
         try:
-            return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_S)
-        except sqlalchemy.exc.OperationalError:
-            # Two workers started together on a new file both create its tables; the second may find
-            # them half made. By the second try they exist; a storage that is really broken fails again.
+            with warnings.catch_warnings():  # the heartbeat is "experimental" since Optuna 2.9
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                storage = optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_S)
+            return optuna.create_study(
+                storage=storage,
+                study_name=name,
+                direction=direction,
+                pruner=optuna.pruners.MedianPruner() if pruner == "median" else optuna.pruners.NopPruner(),
+                load_if_exists=True,  # a second worker, or a restart, joins the study
+            )
+        except sqlalchemy.exc.SQLAlchemyError:
+            # Two workers started together on a new database both set it up; the slower one was seen to
+            # fail with "UNIQUE constraint failed: alembic_version.version_num". By the next try it is
+            # set up; a storage that is really broken fails every time.
+            if attempt == tries - 1:
+                raise
             time.sleep(1)
-            return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_S)
 
 
 class ReportToTrial(L.Callback):
