@@ -81,3 +81,14 @@ class SignalJobAtEpochStart(L.Callback):
         first_start = "SLURM_RESTART_COUNT" not in os.environ
         if first_start and trainer.is_global_zero and trainer.current_epoch == self.epoch:
             subprocess.run(["scancel", "--batch", "--signal=USR1", os.environ["SLURM_JOB_ID"]], check=True)
+
+
+class KillInRun(L.Callback):
+    """SIGKILL the process when the run logged as ``version_<version>`` starts training (a tune.py trial)."""
+
+    def __init__(self, version: int = 1) -> None:
+        self.version = version
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.logger is not None and trainer.logger.version == self.version:
+            kill_this_process()

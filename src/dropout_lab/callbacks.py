@@ -62,6 +62,11 @@ class GeneralizationGap(L.Callback):
 class TensorBoardLayout(L.Callback):
     """Write the custom-scalars layout and the run's hyperparameters into the TensorBoard run."""
 
+    def __init__(self) -> None:
+        # tune.py turns this off and writes the summary at a trial's end, with the trial's state:
+        # TensorBoard reads only the first HParams summary of a run.
+        self.log_hparams = True
+
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         logger = trainer.logger
         if not isinstance(logger, TensorBoardLogger):
@@ -71,14 +76,20 @@ class TensorBoardLayout(L.Callback):
         if trainer.ckpt_path and any(Path(logger.log_dir).glob("events.out.tfevents.*")):
             return
         logger.experiment.add_custom_scalars(LAYOUT)
-        datamodule = trainer.datamodule
-        params = {
-            "model": type(pl_module).__name__,
-            "data": type(datamodule).__name__ if datamodule is not None else None,
-            "seed_everything": int(os.environ.get("PL_GLOBAL_SEED", -1)),
-            **pl_module.hparams,
-            **(datamodule.hparams if datamodule is not None else {}),
-        }
+        if not self.log_hparams:
+            return
         # Lightning's own hyperparameter logging is off (save_hyperparameters(logger=False)) so that
         # the summary is written once, here, with the metrics the HParams dashboard should compare.
-        logger.log_hyperparams(params, {tag: math.nan for tag in HPARAM_METRICS})
+        logger.log_hyperparams(run_hparams(trainer, pl_module), {tag: math.nan for tag in HPARAM_METRICS})
+
+
+def run_hparams(trainer: L.Trainer, pl_module: L.LightningModule) -> dict:
+    """The hyperparameters of a run: the classes' names, the seed, and the model's and data's arguments."""
+    datamodule = trainer.datamodule
+    return {
+        "model": type(pl_module).__name__,
+        "data": type(datamodule).__name__ if datamodule is not None else None,
+        "seed_everything": int(os.environ.get("PL_GLOBAL_SEED", -1)),
+        **pl_module.hparams,
+        **(datamodule.hparams if datamodule is not None else {}),
+    }

@@ -1,0 +1,481 @@
+"""An Optuna search over train.py's flags: the search space, the study, and one training run per trial.
+
+What this file gives, and why each part exists:
+
+- ``TuneCLI``: train.py's parser plus the ``--tune.*`` group, so a mistyped ``--tune.n_trails`` gets the
+  same "did you mean" as any other flag. It only parses; every trial builds its own ``DropoutLabCLI``.
+- ``parse_space``: ``model.dropout=float:0.0:0.8`` entries, checked (bounds, types, and the key itself,
+  through the same parser as train.py) before the storage is opened or any trial starts.
+- ``objective``: a trial is an ordinary train.py run given the trial's values as flags, logged as
+  ``version_<trial number>`` of one TensorBoard experiment named after the study (the trial number comes
+  from the storage, so two workers never pick the same folder).
+- ``ReportToTrial``: reports the metric after every validation epoch and stops a trial Optuna's pruner
+  gives up on. optuna-integration's PyTorchLightningPruningCallback works with lightning 2.6 too, but the
+  trial also needs its best value and the number of epochs it ran, which this callback keeps.
+- ``optimize``: runs trials until the study (not this process) holds ``n_trials`` finished ones, so an
+  interrupted search continues where it stopped and two workers share one budget.
+"""
+
+import difflib
+import math
+import os
+import socket
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import lightning as L
+import optuna
+import sqlalchemy.exc
+import yaml
+from jsonargparse.typing import PositiveInt
+from lightning.pytorch.cli import LightningArgumentParser
+from torch.utils.tensorboard.summary import hparams
+
+from dropout_lab.callbacks import HPARAM_METRICS, TensorBoardLayout, run_hparams
+from dropout_lab.cli import DropoutLabCLI, init_parameters
+
+TYPES = ("float", "log", "int", "categorical")
+# Trials that count towards --tune.n_trials: running ones too, so that two workers do not both start the
+# last one. A FAIL counts only when the training itself failed (it has a fail_reason); a trial interrupted
+# by Ctrl-C or a kill is run again.
+COUNTED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.RUNNING)
+# A killed worker's trial stays RUNNING in the storage; without a heartbeat for this long, the next trial
+# started by any worker marks it failed.
+HEARTBEAT_S = 10
+WORKER = f"{socket.gethostname()}:{os.getpid()}"
+
+
+class TuneCLI(DropoutLabCLI):
+    """train.py's command line plus ``--tune.*``; it parses and checks, and builds nothing."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        super().add_arguments_to_parser(parser)
+        parser.add_argument(
+            "--tune.n_trials", type=PositiveInt, default=20, help="Finished trials the study should hold."
+        )
+        parser.add_argument(
+            "--tune.timeout", type=float | None, default=None, help="Stop starting trials after this many seconds."
+        )
+        parser.add_argument(
+            "--tune.params",
+            type=list[str] | None,
+            default=None,
+            help="Search space, one 'key=type:...' per argument: model.dropout=float:0.0:0.8, model.lr=log:1e-4:1e-2, "
+            "data.batch_size=int:32:256, model.cosine=categorical:true:false. "
+            "Default: every *dropout argument of the model.",
+        )
+        parser.add_argument(
+            "--tune.metric", type=str, default="val/acc", help="Maximized if it ends in 'acc', else minimized."
+        )
+        parser.add_argument(
+            "--tune.pruner",
+            type=Literal["median", "none"],
+            default="median",
+            help="median: stop a trial whose metric is worse than the median of earlier trials at that epoch "
+            "(after 5 finished trials); none: run every trial to the end.",
+        )
+        parser.add_argument(
+            "--tune.storage",
+            type=str | None,
+            default=None,
+            help="Optuna storage URL or SQLite file; default: optuna.db in --trainer.default_root_dir.",
+        )
+        parser.add_argument(
+            "--tune.study_name",
+            type=str,
+            default="tune",
+            help="Workers with the same storage and name share one study.",
+        )
+
+    def before_instantiate_classes(self) -> None:
+        if self.config.ckpt_path:
+            self.parser.error("tune.py starts every trial from scratch: --ckpt_path is for train.py.")
+
+    def instantiate_classes(self) -> None:
+        pass  # each trial builds its own
+
+
+@dataclass
+class Param:
+    key: str  # a train.py flag without the dashes: model.dropout
+    kind: str  # one of TYPES
+    low: float = 0  # an int for int
+    high: float = 0
+    choices: tuple = ()
+
+    def suggest(self, trial: optuna.Trial) -> object:
+        if self.kind == "categorical":
+            return trial.suggest_categorical(self.key, self.choices)
+        if self.kind == "int":
+            return trial.suggest_int(self.key, self.low, self.high)
+        return trial.suggest_float(self.key, self.low, self.high, log=self.kind == "log")
+
+    def corners(self) -> list[object]:
+        """Values that cover every type the flag must accept."""
+        return list(self.choices) if self.kind == "categorical" else [self.low, self.high]
+
+
+class SpaceError(ValueError):
+    pass
+
+
+def parse_space(entries: list[str] | None, model_class_path: str) -> list[Param]:
+    if not entries:  # the model's dropout rates
+        names = [name for name in init_parameters(model_class_path) if name.endswith("dropout")]
+        entries = [f"model.{name}=float:0.0:0.8" for name in names]
+    space = [parse_entry(entry) for entry in entries]
+    keys = [param.key for param in space]
+    if duplicates := sorted({key for key in keys if keys.count(key) > 1}):
+        raise SpaceError(f"--tune.params names {', '.join(duplicates)} more than once; give one entry per argument.")
+    return space
+
+
+def parse_entry(entry: str) -> Param:
+    usage = "write key=float:LOW:HIGH, log:LOW:HIGH, int:LOW:HIGH or categorical:A:B:C"
+    key, equals, spec = entry.partition("=")
+    kind, _, rest = spec.partition(":")
+    if not equals or not key or not rest:
+        raise SpaceError(f"--tune.params entry {entry!r}: {usage}.")
+    if kind not in TYPES:
+        hint = difflib.get_close_matches(kind, TYPES, n=1)
+        raise SpaceError(
+            f"--tune.params entry {entry!r}: unknown type {kind!r}"
+            f"{f' (did you mean {hint[0]}?)' if hint else ''}; {usage}."
+        )
+    values = [scalar(value) for value in rest.split(":")]
+    if kind == "categorical":
+        if not all(value is None or isinstance(value, (bool, int, float, str)) for value in values):
+            raise SpaceError(
+                f"--tune.params entry {entry!r}: categorical choices must be numbers, strings or booleans."
+            )
+        return Param(key, kind, choices=tuple(values))
+    if len(values) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        raise SpaceError(f"--tune.params entry {entry!r}: {kind} takes two numbers, LOW:HIGH.")
+    low, high = values
+    if not low < high or (kind == "log" and low <= 0) or (kind == "int" and not isinstance(low + high, int)):
+        rule = {"log": "0 < LOW < HIGH", "int": "whole numbers LOW < HIGH"}.get(kind, "LOW < HIGH")
+        raise SpaceError(f"--tune.params entry {entry!r}: {kind} needs {rule}, got LOW={low}, HIGH={high}.")
+    return Param(key, kind, low, high)
+
+
+def scalar(text: str) -> object:
+    """'1e-4' as a number (YAML 1.1 would read it as a string), 'true' as a boolean."""
+    for number in (int, float):
+        try:
+            return number(text)
+        except ValueError:
+            pass
+    return yaml.safe_load(text)
+
+
+def check_keys(cli: TuneCLI, base: str, space: list[Param]) -> None:
+    """Parse the base config with every parameter at each of its corners, as a trial would: a key the chosen
+    classes lack, or a value of the wrong type, stops here with train.py's own message and closest key."""
+    for param in space:
+        for value in param.corners():
+            cli.parser.parse_args(["--config", base, f"--{param.key}={flag_value(value)}"])
+
+
+def flag_value(value: object) -> str:
+    return (
+        value
+        if isinstance(value, str)
+        else yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("\n...")
+    )
+
+
+def storage_url(storage: str | None, root: Path) -> str:
+    if storage is None:
+        storage = str(root / "optuna.db")
+    if "://" in storage:
+        return storage
+    return f"sqlite:///{Path(storage).resolve()}"
+
+
+def open_study(url: str, name: str, direction: str, pruner: str) -> optuna.Study:
+    try:
+        if url.startswith("sqlite:///"):
+            Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+        study = create_or_join(url, name, direction, pruner)
+    except (OSError, sqlalchemy.exc.SQLAlchemyError) as error:
+        raise SpaceError(
+            f"cannot open the study storage {url}: {getattr(error, 'orig', None) or error}. "
+            "Give --tune.storage a writable SQLite file or a database URL this machine can reach."
+        ) from error
+    # Optuna keeps an existing study's direction whatever create_study is told.
+    if study.direction.name.lower() != direction:
+        raise SpaceError(
+            f"study {name!r} in {url} was created to {study.direction.name.lower()} its metric, and this "
+            f"--tune.metric would be {direction}d. Use another --tune.study_name, or that study's metric."
+        )
+    return study
+
+
+def create_or_join(url: str, name: str, direction: str, pruner: str, tries: int = 3) -> optuna.Study:
+    for attempt in range(tries):
+        try:
+            with warnings.catch_warnings():  # the heartbeat is "experimental" since Optuna 2.9
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                storage = optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_S)
+            return optuna.create_study(
+                storage=storage,
+                study_name=name,
+                direction=direction,
+                pruner=optuna.pruners.MedianPruner() if pruner == "median" else optuna.pruners.NopPruner(),
+                load_if_exists=True,  # a second worker, or a restart, joins the study
+            )
+        except sqlalchemy.exc.SQLAlchemyError:
+            # Two workers started together on a new database both set it up; the slower one was seen to
+            # fail with "UNIQUE constraint failed: alembic_version.version_num". By the next try it is
+            # set up; a storage that is really broken fails every time.
+            if attempt == tries - 1:
+                raise
+            time.sleep(1)
+
+
+class ReportToTrial(L.Callback):
+    """After every validation epoch: report the metric to the trial, keep its best, and prune if told to."""
+
+    def __init__(self, trial: optuna.Trial, metric: str, maximize: bool) -> None:
+        self.trial, self.metric, self.maximize = trial, metric, maximize
+        self.best = -math.inf if maximize else math.inf
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        if self.metric not in trainer.callback_metrics:
+            raise MetricMissing(
+                f"--tune.metric={self.metric} is not logged; logged: {', '.join(sorted(trainer.callback_metrics))}"
+            )
+        value = trainer.callback_metrics[self.metric].item()
+        self.best = max(self.best, value) if self.maximize else min(self.best, value)
+        epoch = trainer.current_epoch
+        self.trial.report(value, step=epoch)
+        # Raised before this epoch's checkpoints are written: Lightning runs ModelCheckpoint's hooks last.
+        if self.trial.should_prune():
+            raise optuna.TrialPruned(
+                f"pruned after epoch {epoch + 1}: {self.metric}={value:.4f} "
+                "is worse than the median of earlier trials at this epoch"
+            )
+
+
+class MetricMissing(ValueError):
+    pass
+
+
+def objective(trial: optuna.Trial, base: dict, space: list[Param], metric: str, maximize: bool) -> float:
+    """One train.py run (fit only: the test set is for the best config, not for choosing it)."""
+    trial.set_user_attr("worker", WORKER)
+    base["trainer"]["logger"]["init_args"]["version"] = trial.number
+    flags = [f"--{param.key}={flag_value(param.suggest(trial))}" for param in space]
+    print(f"\nTrial {trial.number}: {' '.join(flags)}")
+    try:
+        with warnings.catch_warnings():  # that tune.py's own command line is not this run's: it is parsed already
+            warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+            cli = DropoutLabCLI(["--config", yaml.safe_dump(base), *flags])
+    except SystemExit as refused:  # an error in a class's __init__ for this combination of values
+        trial.set_user_attr("fail_reason", f"train.py refused these values (its message is above, exit {refused.code})")
+        raise RuntimeError(trial.user_attrs["fail_reason"]) from None
+    trainer = cli.trainer
+    report = ReportToTrial(trial, metric, maximize)
+    trainer.callbacks.insert(0, report)  # before the checkpoint callbacks, which Lightning keeps last
+    layout = next(cb for cb in trainer.callbacks if isinstance(cb, TensorBoardLayout))
+    layout.log_hparams = False  # written below, once the trial's state is known
+    trial.set_user_attr("run", trainer.logger.log_dir)
+    state = "FAIL"
+    try:
+        trainer.fit(cli.model, cli.datamodule)
+        state = "COMPLETE"
+    except optuna.TrialPruned as pruned:
+        state = "PRUNED"
+        print(f"Trial {trial.number} {pruned}.")
+        raise
+    except SystemExit as interrupt:  # Lightning turns Ctrl-C into sys.exit(1)
+        state = "INTERRUPTED"
+        raise KeyboardInterrupt from interrupt  # Optuna records the trial as failed and stops the search
+    except Exception as error:
+        trial.set_user_attr("fail_reason", f"{type(error).__name__}: {error}")
+        trial.set_user_attr("stop_search", isinstance(error, MetricMissing))
+        print(f"Trial {trial.number} failed: {trial.user_attrs['fail_reason']}")
+        raise
+    finally:
+        trial.set_user_attr("epochs", trainer.fit_loop.epoch_progress.current.started)
+        write_hparams(trainer, cli.model, {"tune/trial": trial.number, "tune/state": state})
+    return report.best
+
+
+def write_hparams(trainer: L.Trainer, model: L.LightningModule, tune_params: dict) -> None:
+    """The run's HParams summary, as TensorBoardLayout writes it, with the trial's number and state.
+
+    TensorBoard keeps the first summary of a run, so this is the only one; the metrics' values are
+    the hp/* scalars the run already logged.
+    """
+    params = {
+        key: value if isinstance(value, (int, float, str, bool)) else str(value)
+        for key, value in run_hparams(trainer, model).items()
+    }
+    writer = trainer.logger.experiment._get_file_writer()  # reopens the writer Lightning closed at the end of fit
+    for summary in hparams(params | tune_params, {tag: math.nan for tag in HPARAM_METRICS}):
+        writer.add_summary(summary)
+    writer.flush()
+
+
+def optimize(study: optuna.Study, run_trial, n_trials: int, timeout: float | None) -> None:
+    """Run trials until the study holds ``n_trials`` that count, whoever ran them.
+
+    Trials still running at the end are waited for: a worker may have died with one, and then it is
+    run again here once it is found dead.
+    """
+    start = time.monotonic()
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # objective() says what happened to each trial
+    waiting = False
+    while True:
+        fail_dead_trials(study)
+        left = n_trials - count(study)
+        running = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)))
+        if left <= 0 and running == 0:
+            return
+        if timeout is not None and time.monotonic() - start > timeout:
+            print(f"--tune.timeout reached with {max(left, 0) + running} trials to run or running elsewhere.")
+            return
+        if left <= 0:
+            if not waiting:
+                print(f"Waiting for {running} trials running elsewhere (run here again if their worker died).")
+            waiting = True
+            time.sleep(HEARTBEAT_S / 2)
+            continue
+        waiting = False
+        study.optimize(run_trial, n_trials=1, catch=(Exception,))
+        last = study.trials[-1] if study.trials else None
+        if last is not None and last.user_attrs.get("stop_search"):
+            raise SpaceError(last.user_attrs["fail_reason"])
+
+
+def count(study: optuna.Study) -> int:
+    trials = study.get_trials(deepcopy=False)
+    failed = optuna.trial.TrialState.FAIL
+    return sum(t.state in COUNTED or (t.state == failed and "fail_reason" in t.user_attrs) for t in trials)
+
+
+def fail_dead_trials(study: optuna.Study) -> None:
+    """Mark failed the RUNNING trials whose worker is gone: a process of this machine that no longer
+    exists at once, any other after HEARTBEAT_S * 2 without a heartbeat (Optuna's own check)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        host, _, pid = trial.user_attrs.get("worker", "").rpartition(":")
+        if host == socket.gethostname() and pid.isdigit() and not process_exists(int(pid)):
+            study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+
+
+def process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def tune(cli: TuneCLI) -> None:
+    options = cli.config.pop("tune")
+    try:
+        user, root = user_config(cli)
+        space = parse_space(options.params, user["model"]["class_path"])
+        check_keys(cli, yaml.safe_dump(user), space)
+        maximize = options.metric.endswith("acc")
+        url = storage_url(options.storage, root)
+        study = open_study(url, options.study_name, "maximize" if maximize else "minimize", options.pruner)
+    except SpaceError as error:
+        cli.parser.exit(2, f"error: {error}\n")
+    base = trial_config(user, root, options.study_name)
+    print(
+        f"Study {options.study_name!r} in {url}: "
+        f"{count(study)} of {options.n_trials} trials already finished or running."
+    )
+    try:
+        optimize(
+            study,
+            lambda trial: objective(trial, base, space, options.metric, maximize),
+            options.n_trials,
+            options.timeout,
+        )
+    except SpaceError as error:
+        cli.parser.exit(2, f"error: {error}\n")
+    except KeyboardInterrupt:
+        summarize(cli, study, user, root / options.study_name, options.metric)
+        cli.parser.exit(
+            130, f"\nInterrupted. The finished trials are kept in {url}; run the same command to continue.\n"
+        )
+    summarize(cli, study, user, root / options.study_name, options.metric)
+
+
+def user_config(cli: TuneCLI) -> tuple[dict, Path]:
+    """The parsed config as a dict (what train.py would run), and the folder the study's runs go to."""
+    config = yaml.safe_load(cli.parser.dump(cli.config, skip_none=False))
+    logger = config["trainer"].get("logger")
+    if logger in (None, True):
+        root = Path(config["trainer"].get("default_root_dir") or ".")
+    elif isinstance(logger, dict) and logger["class_path"].endswith("TensorBoardLogger"):
+        root = Path(logger["init_args"].get("save_dir") or ".")
+    else:
+        raise SpaceError(
+            "tune.py logs every trial to TensorBoard: leave --trainer.logger out, or use a TensorBoardLogger."
+        )
+    return config, root
+
+
+def trial_config(user: dict, root: Path, study_name: str) -> dict:
+    """The user's config, logging into one TensorBoard experiment named after the study."""
+    logger = {
+        "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+        "init_args": {"save_dir": str(root), "name": study_name},
+    }
+    if isinstance(user["trainer"].get("logger"), dict):
+        logger["init_args"] = {**user["trainer"]["logger"]["init_args"], **logger["init_args"]}
+    return {**user, "trainer": {**user["trainer"], "logger": logger}}
+
+
+def summarize(cli: TuneCLI, study: optuna.Study, user: dict, folder: Path, metric: str) -> None:
+    trials = study.get_trials(deepcopy=False)
+    keys = sorted({key for trial in trials for key in trial.params})
+    print(f"\n{'trial':>5}  {'state':<8} {metric:>9} {'epochs':>6}  " + "  ".join(f"{key:>19}" for key in keys))
+    for trial in trials:
+        value = f"{trial.value:.4f}" if trial.value is not None else "-"
+        params = "  ".join(
+            f"{trial.params[key]:>19.4g}"
+            if isinstance(trial.params.get(key), float)
+            else f"{trial.params.get(key, '-')!s:>19}"
+            for key in keys
+        )
+        reason = trial.user_attrs.get("fail_reason", "interrupted" if trial.state.name == "FAIL" else "")
+        print(
+            f"{trial.number:>5}  {trial.state.name:<8} {value:>9} "
+            f"{trial.user_attrs.get('epochs', '-'):>6}  {params}  {reason}"
+        )
+    completed = [trial for trial in trials if trial.state == optuna.trial.TrialState.COMPLETE]
+    if not completed:
+        print("No trial has completed yet: no best config.")
+        return
+    best = study.best_trial
+    flags = [f"--{key}={flag_value(value)}" for key, value in best.params.items()]
+    config = cli.parser.parse_args(["--config", yaml.safe_dump(user), *flags])
+    config.pop("tune")
+    path = folder / "best_config.yaml"
+    header = (
+        f"# Best trial {best.number} of study {study.study_name!r}: {metric}={best.value:.4f} "
+        f"({best.user_attrs.get('run', 'no run folder')}).\n"
+        f"# Reproduce it: python train.py --config {path}\n"
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(f".{time.time_ns()}.tmp")
+    partial.write_text(header + cli.parser.dump(config, skip_none=False))
+    partial.replace(path)  # atomic: two workers may write it at once
+    print(f"\nBest: trial {best.number}, {metric}={best.value:.4f}, {' '.join(flags)}")
+    print(f"Its config: {path}\nReproduce it: python train.py --config {path}")
+    print(f"Compare the trials in TensorBoard: tensorboard --logdir {folder}")
