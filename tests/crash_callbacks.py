@@ -50,3 +50,14 @@ class PoisonWeightsAtEpochStart(L.Callback):
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.current_epoch == self.epoch:
             next(pl_module.parameters()).data.view(-1)[0] = math.nan
+
+
+class KillAtStep(L.Callback):
+    """SIGKILL the run when training batch ``step`` (the global step, 0-based) starts."""
+
+    def __init__(self, step: int = 6) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
+        if trainer.global_step == self.step:
+            kill_this_process()

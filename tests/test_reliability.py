@@ -10,7 +10,16 @@ import torch
 from conftest import QUICK, ROOT, only_run_dir, read_events, run_train
 
 from dropout_lab import CNNClassifier, MLPClassifier, MNIST5kDataModule
-from dropout_lab.checkpointing import AtomicCheckpointIO, check_resumable, safe_load
+from dropout_lab.checkpointing import (
+    AtomicCheckpointIO,
+    RNGState,
+    check_resumable,
+    find_last_checkpoint,
+    rng_states,
+    safe_load,
+    seed_dropout_stream,
+    set_rng_states,
+)
 
 SMALL = [*QUICK, "--model.hidden=[32]"]  # a small MLP: checkpoints of kilobytes, not 22 MB
 
@@ -142,9 +151,113 @@ def test_resuming_with_other_data_arguments_is_refused(tmp_path):
     path = tmp_path / "run.ckpt"
     state = {"state_dict": model.state_dict(), "loops": {}, "datamodule_hyper_parameters": dict(data.hparams)}
     torch.save(state, path)
-    check_resumable(path, model, MNIST5kDataModule(seed=0, num_workers=2))  # speed only: allowed
+    check_resumable(path, model, MNIST5kDataModule(seed=0))
     with pytest.raises(ValueError, match="data.seed: 0 in the checkpoint, 1 now"):
         check_resumable(path, model, MNIST5kDataModule(seed=1))
+    # With augmentation, num_workers decides which process draws the crops: not only speed.
+    with pytest.raises(ValueError, match="data.num_workers: 0 in the checkpoint, 2 now"):
+        check_resumable(path, model, MNIST5kDataModule(seed=0, num_workers=2))
+
+
+class OtherDigits(MNIST5kDataModule):
+    """Same arguments, other data."""
+
+
+def test_resuming_with_another_datamodule_class_is_refused(tmp_path):
+    model, data = CNNClassifier(channels=[4], hidden=8), MNIST5kDataModule()
+    path = tmp_path / "run.ckpt"
+    hparams = {"_class_path": "dropout_lab.MNIST5kDataModule", **data.hparams}  # as LightningCLI saves them
+    torch.save({"state_dict": model.state_dict(), "loops": {}, "datamodule_hyper_parameters": hparams}, path)
+    check_resumable(path, model, MNIST5kDataModule())
+    with pytest.raises(ValueError, match="another DataModule .* dropout_lab.MNIST5kDataModule in the checkpoint"):
+        check_resumable(path, model, OtherDigits())
+
+
+def test_resuming_from_the_middle_of_an_epoch_is_warned_about(tmp_path):
+    model = CNNClassifier(channels=[4], hidden=8)
+    path = tmp_path / "step.ckpt"
+    loops = {"fit_loop": {"epoch_loop.batch_progress": {"is_last_batch": False}}}
+    torch.save({"state_dict": model.state_dict(), "loops": loops, "epoch": 1, "global_step": 6}, path)
+    with pytest.warns(UserWarning, match="written in the middle of epoch 1 .* continue exactly"):
+        check_resumable(path, model, None)
+
+
+def test_find_last_checkpoint_picks_the_newest_run(tmp_path):
+    for version, mtime in (("version_0", 2000), ("version_1", 1000), ("version_2", 3000), ("version_3", 1500)):
+        path = tmp_path / version / "checkpoints" / "last.ckpt"
+        path.parent.mkdir(parents=True)
+        path.write_bytes(b"")
+        os.utime(path, (mtime, mtime))
+    assert find_last_checkpoint(tmp_path) == tmp_path / "version_2" / "checkpoints" / "last.ckpt"
+
+
+# --- Random streams: distinct per DDP rank, saved and restored per rank ---------------------------
+
+
+def test_dropout_streams_are_distinct_per_seed_and_rank_and_not_the_weights_stream():
+    first_draws = {}
+    for seed in range(6):
+        torch.manual_seed(seed)
+        weights_stream = torch.rand(8)
+        for rank in range(4):
+            seed_dropout_stream(seed, rank)
+            draws = torch.rand(8)
+            assert not torch.equal(draws, weights_stream)
+            first_draws[seed, rank] = draws
+    # seed + rank would give rank r at seed s the stream of rank r - 1 at seed s + 1.
+    assert len({tuple(d.tolist()) for d in first_draws.values()}) == len(first_draws)
+
+
+def rank_states(world_size: int) -> dict:
+    """An RNGState checkpoint entry as ``world_size`` ranks, each with a stream of its own, would write it."""
+    ranks = []
+    for rank in range(world_size):
+        seed_dropout_stream(0, rank)
+        ranks.append(rng_states())
+    return {"world_size": world_size, "ranks": ranks}
+
+
+def resumed_draws(saved: dict, rank: int, world_size: int) -> torch.Tensor:
+    callback = RNGState()
+    callback.rank, callback.world_size = rank, world_size
+    torch.manual_seed(123)  # whatever the resumed process drew before
+    callback.load_state_dict(saved)
+    return torch.rand(4)
+
+
+def draws_after(states: dict) -> torch.Tensor:
+    torch.set_rng_state(states["torch"])
+    return torch.rand(4)
+
+
+def test_each_rank_resumes_the_stream_it_saved(capsys):
+    saved = rank_states(2)
+    for rank in range(2):
+        assert torch.equal(resumed_draws(saved, rank, 2), draws_after(saved["ranks"][rank]))
+    assert capsys.readouterr().out == ""
+
+
+def test_another_number_of_processes_resumes_with_one_line_and_distinct_streams(capsys):
+    saved = rank_states(2)
+    draws = [resumed_draws(saved, rank, 3) for rank in range(3)]
+    assert not torch.equal(draws[0], draws[1]) and not torch.equal(draws[1], draws[2])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == [
+        "The checkpoint was written by 2 processes and 3 resume it: the dropout masks and batch orders will "
+        "differ from those of an uninterrupted run."
+    ]
+    assert torch.equal(resumed_draws(saved, 0, 1), draws_after(saved["ranks"][0]))  # one process: rank 0's stream
+
+
+def test_cuda_states_are_restored_only_to_the_gpus_there_are(monkeypatch):
+    restored = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device="cuda": restored.append(device))
+    states = {**rng_states(), "torch.cuda": [torch.zeros(16, dtype=torch.uint8)] * 2}  # written with 2 GPUs
+    with pytest.warns(UserWarning, match="random states of 2 GPUs and this process sees 1"):
+        set_rng_states(states)
+    assert restored == [0]
 
 
 @pytest.mark.slow
