@@ -306,7 +306,7 @@ def test_run_killed_after_epoch_2_resumes_to_the_same_weights_and_the_same_log(
     run_dir = only_run_dir(tmp_path)
     assert sorted(p.name for p in run_dir.glob("config*.yaml")) == ["config.yaml", "config_resume_1.yaml"]
     steps: dict[str, list[int]] = {}
-    for events_file in sorted(run_dir.glob("events.out.tfevents.*"), key=lambda p: p.stat().st_mtime):
+    for events_file in events_files(run_dir):
         events = read_events(events_file)
         for tag in events.Tags()["scalars"]:
             steps.setdefault(tag, []).extend(e.step for e in events.Scalars(tag))
@@ -316,6 +316,88 @@ def test_run_killed_after_epoch_2_resumes_to_the_same_weights_and_the_same_log(
         if not tag.startswith("hp/") and tag != "epoch":
             assert logged == sorted(set(logged)), f"{tag}: {logged}"
     assert steps["train/loss"][-1] == 15 and steps["val/acc"][-1] == 15
+    # The layout and the HParams summary are in the first process's events only, not written again.
+    first, *later = events_files(run_dir)  # names end in .<pid>.<n>: the test writes one more file
+    first_pid = first.name.split(".")[-2]
+    resumed = [read_events(path) for path in later if path.name.split(".")[-2] != first_pid]
+    assert resumed and "custom_scalars__config__" in read_events(first).Tags()["tensors"]
+    read_events(first).PluginTagToContent("hparams")
+    for events in resumed:
+        assert "custom_scalars__config__" not in events.Tags()["tensors"]
+        with pytest.raises(KeyError):
+            events.PluginTagToContent("hparams")
+
+
+def events_files(run_dir: Path) -> list[Path]:
+    """The run's event files, one per process that wrote into it, oldest first."""
+    return sorted(run_dir.glob("events.out.tfevents.*"), key=lambda p: p.stat().st_mtime)
+
+
+def assert_same_weights(root: Path, reference: Path) -> None:
+    expected = safe_load(last_ckpt(reference))["state_dict"]
+    weights = safe_load(last_ckpt(root))["state_dict"]
+    assert weights.keys() == expected.keys()
+    assert all(torch.equal(weights[key], expected[key]) for key in expected)
+
+
+@pytest.mark.slow
+def test_resume_with_a_dataloader_worker_is_exact_and_workers_change_nothing(
+    tmp_path, uninterrupted, crash_callbacks_importable
+):
+    # Persistent workers drew the workers' base seed once per process: once more in a resumed run.
+    workers = [*SMALL, "--trainer.max_epochs=4", "--data.num_workers=1"]
+    killed = run_train(*workers, crash("KillAtEpochStart"), root=tmp_path, check=False)
+    assert killed.returncode == -signal.SIGKILL
+    run_train(*workers, "--ckpt_path=last", root=tmp_path)
+    assert_same_weights(tmp_path, uninterrupted)  # which ran with num_workers=0
+
+
+# Validation twice an epoch, every second epoch, over an odd number of epochs: the "last" checkpoint
+# must still be written at the end of every epoch, and only there.
+OFF_EPOCH_VALIDATION = [
+    *SMALL,
+    "--trainer.max_epochs=3",
+    "--trainer.val_check_interval=0.5",
+    "--trainer.check_val_every_n_epoch=2",
+]
+
+
+@pytest.mark.slow
+def test_last_ckpt_is_written_at_every_epoch_end_whatever_the_validation_schedule(tmp_path, crash_callbacks_importable):
+    run_train(*OFF_EPOCH_VALIDATION, root=tmp_path / "uninterrupted")
+    assert safe_load(last_ckpt(tmp_path / "uninterrupted"))["epoch"] == 2  # the last epoch, not validated
+
+    # Killed in epoch 1 right after its mid-epoch validation (4 batches an epoch, global step 6).
+    killed = run_train(*OFF_EPOCH_VALIDATION, crash("KillAtStep"), root=tmp_path, check=False)
+    assert killed.returncode == -signal.SIGKILL
+    checkpoint = safe_load(last_ckpt(tmp_path))
+    assert (checkpoint["epoch"], checkpoint["global_step"]) == (0, 4)  # epoch 0's end, though not validated
+    run_train(*OFF_EPOCH_VALIDATION, "--ckpt_path=last", root=tmp_path)
+    assert_same_weights(tmp_path, tmp_path / "uninterrupted")
+
+
+DDP = ["--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=ddp"]
+
+
+def run_ddp(*args: str, root: Path, expect: int = 0):
+    result = run_train(*args, *DDP, root=root, check=False)
+    # gloo was seen to abort (SIGABRT) at exit after all the work was done; the weights are on disk then.
+    finished = result.returncode == -signal.SIGABRT and "tensorboard --logdir" in result.stdout
+    assert result.returncode == expect or (expect == 0 and finished), result.stderr[-3000:]
+    return result
+
+
+@pytest.mark.slow
+def test_ddp_run_killed_after_epoch_2_resumes_to_the_same_weights(tmp_path, crash_callbacks_importable):
+    args = [*SMALL, "--trainer.max_epochs=4"]
+    run_ddp(*args, root=tmp_path / "uninterrupted")
+    run_ddp(*args, crash("KillAtEpochStart"), root=tmp_path, expect=-signal.SIGKILL)
+    saved = safe_load(last_ckpt(tmp_path))
+    assert saved["epoch"] == 1
+    (rng,) = (state for key, state in saved["callbacks"].items() if key.startswith("RNGState"))
+    assert rng["world_size"] == 2 and not torch.equal(rng["ranks"][0]["torch"], rng["ranks"][1]["torch"])
+    run_ddp(*args, "--ckpt_path=last", root=tmp_path)
+    assert_same_weights(tmp_path, tmp_path / "uninterrupted")
 
 
 @pytest.mark.slow
