@@ -92,3 +92,14 @@ class KillInRun(L.Callback):
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.logger is not None and trainer.logger.version == self.version:
             kill_this_process()
+
+
+class KillAtStep(L.Callback):
+    """SIGKILL the run when training batch ``step`` (the global step, 0-based) starts."""
+
+    def __init__(self, step: int = 6) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
+        if trainer.global_step == self.step:
+            kill_this_process()

@@ -117,3 +117,68 @@ def test_cnn_refuses_a_wrong_dropout_naming_the_argument(argument):
 def test_hyperparameters_are_saved_for_load_from_checkpoint():
     model = CNNClassifier(dropout=0.3, lr=0.01)
     assert model.hparams.dropout == 0.3 and model.hparams.lr == 0.01
+
+
+def test_val_and_train_eval_metrics_come_from_their_own_loaders(tmp_path):
+    torch.manual_seed(0)
+    model, data = MLPClassifier(hidden=[16]), MNIST5kDataModule(batch_size=500)
+    trainer = tiny_trainer(tmp_path)
+    trainer.validate(model, data, verbose=False)
+    logged = trainer.callback_metrics
+    model.eval()  # the reference computation, by hand, outside Lightning
+    with torch.no_grad():
+        for stage, dataset in (("val", data.val_set), ("train_eval", data.train_eval_set)):
+            x, y = dataset[list(range(len(dataset)))]
+            expected = torch.nn.functional.cross_entropy(model(x), y)
+            assert logged[f"{stage}/loss"].item() == pytest.approx(expected.item(), rel=1e-5), stage
+    assert abs(logged["val/loss"] - logged["train_eval/loss"]) > 1e-4  # swapped sides would show
+
+
+def test_optimizer_applies_weight_decay_and_anneals_the_learning_rate_to_zero(tmp_path):
+    model = MLPClassifier(hidden=[8], lr=1e-2, weight_decay=0.1, cosine=True)
+    trainer = tiny_trainer(tmp_path)
+    trainer.fit(model, MNIST5kDataModule())
+    (group,) = trainer.optimizers[0].param_groups
+    assert group["weight_decay"] == 0.1
+    assert group["initial_lr"] == 1e-2 and group["lr"] == pytest.approx(0, abs=1e-9)  # 6 of 6 steps done
+
+
+class StepsWritten(L.pytorch.loggers.Logger):
+    """A logger that keeps the steps at which each metric was written."""
+
+    name, version = "memory", 0
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.steps: dict[str, list[int]] = defaultdict(list)
+
+    def log_metrics(self, metrics, step=None):
+        for key in metrics:
+            self.steps[key].append(step)
+
+    def log_hyperparams(self, params, *args, **kwargs):
+        pass
+
+
+def test_training_step_logs_only_on_the_steps_lightning_writes(tmp_path, monkeypatch):
+    logged_at: list[int] = []
+    model = MLPClassifier(hidden=[8])
+    log_dict = model.log_dict
+    monkeypatch.setattr(
+        model, "log_dict", lambda values, **kw: (logged_at.append(model.global_step), log_dict(values, **kw))
+    )
+    logger = StepsWritten()
+    trainer = L.Trainer(
+        max_epochs=1,
+        limit_train_batches=7,
+        limit_val_batches=0,
+        log_every_n_steps=3,
+        logger=logger,
+        default_root_dir=tmp_path,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+    )
+    trainer.fit(model, MNIST5kDataModule())
+    assert logger.steps["train/loss"] == [2, 5]  # (step + 1) % log_every_n_steps == 0
+    assert logged_at == [2, 5]  # and self.log is called on those steps only

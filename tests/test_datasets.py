@@ -312,3 +312,16 @@ def test_train_py_runs_on_the_files_offline(cls, model, tmp_path, monkeypatch):
         f"--model={model}", f"--data={cls.__name__}", f"--data.data_dir={root}", "--data.download=false",
         f"--data.val_size={VAL_SIZE}", "--data.batch_size=16", *extra, *QUICK, root=tmp_path / "runs")  # fmt: skip
     assert "test/acc" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("cls", "mean", "std"),
+    [
+        (MNISTDataModule, (0.1307,), (0.3081,)),
+        (FashionMNISTDataModule, (0.2860,), (0.3530,)),
+        (CIFAR10DataModule, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    ],
+)
+def test_normalization_constants_are_those_of_each_training_set(cls, mean, std):
+    # The per-channel mean and std of the official training images (MNIST5k's are checked on its data).
+    assert (cls.mean, cls.std) == (mean, std)

@@ -117,6 +117,9 @@ def test_dropout2d_zeroes_whole_channels():
     dropped = (y == 0).flatten(2)
     assert torch.equal(dropped.all(dim=2), dropped.any(dim=2))  # a channel is zero everywhere or nowhere
     assert dropped.all(dim=2).float().mean().item() == pytest.approx(p, abs=0.05)
+    # Channels, not whole samples: every sample keeps some channels and loses others.
+    per_sample = dropped.all(dim=2).float().mean(dim=1)
+    assert ((per_sample > 0) & (per_sample < 1)).all()
     kept = y != 0
     torch.testing.assert_close(y[kept], x[kept] / (1 - p))
 

@@ -101,3 +101,12 @@ def test_ddp_logs_the_same_values_as_one_process_and_masks_differ_by_rank(tmp_pa
     assert all(torch.equal(rank0["weights"][key], rank1["weights"][key]) for key in rank0["weights"])
     assert rank0["mask"].shape == rank1["mask"].shape and rank0["mask"].any()
     assert not torch.equal(rank0["mask"], rank1["mask"])
+    # No rank's masks replay the stream that drew the initial weights: rank 0 re-seeded with the global
+    # seed drew its first input mask as (W1 < threshold), the same uniform draws (agreement 1.0).
+    weights = rank0["weights"]["net.layers.2.weight"].flatten()
+    bound = 1 / weights.new_tensor(784).sqrt()  # nn.Linear's kaiming_uniform: W1 = bound * (2u - 1)
+    replayed = weights < bound * (2 * 0.2 - 1)  # u < p, for the default input_dropout p = 0.2
+    for probe_of_rank in (rank0, rank1):
+        mask = probe_of_rank["mask"].flatten()[: len(replayed) - 16]
+        agreement = max((mask == replayed[shift : shift + len(mask)]).float().mean() for shift in range(16))
+        assert agreement < 0.8, agreement  # chance is 0.8**2 + 0.2**2 = 0.68

@@ -1,5 +1,8 @@
 """The embedded default data: 5,000 real MNIST digits, split offline, stratified and seeded."""
 
+from types import SimpleNamespace
+
+import pytest
 import torch
 
 from dropout_lab import MNIST5kDataModule
@@ -60,3 +63,33 @@ def test_val_dataloaders_are_val_then_train_eval_in_order():
     torch.testing.assert_close(val_x, expected)
     assert torch.equal(val_y, data.val_set.labels)
     assert len(train_eval_x) == 500
+
+
+def test_every_prefix_of_a_held_out_set_is_a_sample_of_every_class():
+    # The embedded file is sorted by label: a held-out set in file order would start 0, 0, ..., and
+    # limit_val_batches (or one DDP rank's share) would evaluate only the first digits.
+    data = setup_data()
+    for name in ("val_set", "train_eval_set", "test_set"):
+        labels = getattr(data, name).labels
+        for n in (64, 128):
+            counts = torch.bincount(labels[:n], minlength=10)
+            assert counts.min() >= n // 40 and counts.max() <= n // 4, (name, n, counts.tolist())
+
+
+def test_training_batches_are_shuffled():
+    torch.manual_seed(0)
+    _, labels = next(iter(setup_data().train_dataloader()))
+    assert len(labels.unique()) >= 8  # the training split itself is in label order
+
+
+def test_normalized_training_images_have_mean_zero_and_unit_std():
+    images, _ = setup_data().train_set[list(range(4000))]
+    assert images.mean().item() == pytest.approx(0, abs=0.05)
+    assert images.std().item() == pytest.approx(1, abs=0.1)
+
+
+def test_val_size_smaller_than_the_number_of_processes_is_refused_clearly():
+    data = MNIST5kDataModule(val_size=3)
+    data.trainer = SimpleNamespace(world_size=4, global_rank=0)
+    with pytest.raises(ValueError, match=r"val_size=3 is smaller than the 4 processes .* --data.val_size=4 or more"):
+        data.setup("fit")

@@ -10,7 +10,16 @@ import torch
 from conftest import QUICK, ROOT, only_run_dir, read_events, run_train
 
 from dropout_lab import CNNClassifier, MLPClassifier, MNIST5kDataModule
-from dropout_lab.checkpointing import AtomicCheckpointIO, check_resumable, safe_load
+from dropout_lab.checkpointing import (
+    AtomicCheckpointIO,
+    RNGState,
+    check_resumable,
+    find_last_checkpoint,
+    rng_states,
+    safe_load,
+    seed_dropout_stream,
+    set_rng_states,
+)
 
 SMALL = [*QUICK, "--model.hidden=[32]"]  # a small MLP: checkpoints of kilobytes, not 22 MB
 
@@ -142,9 +151,113 @@ def test_resuming_with_other_data_arguments_is_refused(tmp_path):
     path = tmp_path / "run.ckpt"
     state = {"state_dict": model.state_dict(), "loops": {}, "datamodule_hyper_parameters": dict(data.hparams)}
     torch.save(state, path)
-    check_resumable(path, model, MNIST5kDataModule(seed=0, num_workers=2))  # speed only: allowed
+    check_resumable(path, model, MNIST5kDataModule(seed=0))
     with pytest.raises(ValueError, match="data.seed: 0 in the checkpoint, 1 now"):
         check_resumable(path, model, MNIST5kDataModule(seed=1))
+    # With augmentation, num_workers decides which process draws the crops: not only speed.
+    with pytest.raises(ValueError, match="data.num_workers: 0 in the checkpoint, 2 now"):
+        check_resumable(path, model, MNIST5kDataModule(seed=0, num_workers=2))
+
+
+class OtherDigits(MNIST5kDataModule):
+    """Same arguments, other data."""
+
+
+def test_resuming_with_another_datamodule_class_is_refused(tmp_path):
+    model, data = CNNClassifier(channels=[4], hidden=8), MNIST5kDataModule()
+    path = tmp_path / "run.ckpt"
+    hparams = {"_class_path": "dropout_lab.MNIST5kDataModule", **data.hparams}  # as LightningCLI saves them
+    torch.save({"state_dict": model.state_dict(), "loops": {}, "datamodule_hyper_parameters": hparams}, path)
+    check_resumable(path, model, MNIST5kDataModule())
+    with pytest.raises(ValueError, match="another DataModule .* dropout_lab.MNIST5kDataModule in the checkpoint"):
+        check_resumable(path, model, OtherDigits())
+
+
+def test_resuming_from_the_middle_of_an_epoch_is_warned_about(tmp_path):
+    model = CNNClassifier(channels=[4], hidden=8)
+    path = tmp_path / "step.ckpt"
+    loops = {"fit_loop": {"epoch_loop.batch_progress": {"is_last_batch": False}}}
+    torch.save({"state_dict": model.state_dict(), "loops": loops, "epoch": 1, "global_step": 6}, path)
+    with pytest.warns(UserWarning, match="written in the middle of epoch 1 .* continue exactly"):
+        check_resumable(path, model, None)
+
+
+def test_find_last_checkpoint_picks_the_newest_run(tmp_path):
+    for version, mtime in (("version_0", 2000), ("version_1", 1000), ("version_2", 3000), ("version_3", 1500)):
+        path = tmp_path / version / "checkpoints" / "last.ckpt"
+        path.parent.mkdir(parents=True)
+        path.write_bytes(b"")
+        os.utime(path, (mtime, mtime))
+    assert find_last_checkpoint(tmp_path) == tmp_path / "version_2" / "checkpoints" / "last.ckpt"
+
+
+# --- Random streams: distinct per DDP rank, saved and restored per rank ---------------------------
+
+
+def test_dropout_streams_are_distinct_per_seed_and_rank_and_not_the_weights_stream():
+    first_draws = {}
+    for seed in range(6):
+        torch.manual_seed(seed)
+        weights_stream = torch.rand(8)
+        for rank in range(4):
+            seed_dropout_stream(seed, rank)
+            draws = torch.rand(8)
+            assert not torch.equal(draws, weights_stream)
+            first_draws[seed, rank] = draws
+    # seed + rank would give rank r at seed s the stream of rank r - 1 at seed s + 1.
+    assert len({tuple(d.tolist()) for d in first_draws.values()}) == len(first_draws)
+
+
+def rank_states(world_size: int) -> dict:
+    """An RNGState checkpoint entry as ``world_size`` ranks, each with a stream of its own, would write it."""
+    ranks = []
+    for rank in range(world_size):
+        seed_dropout_stream(0, rank)
+        ranks.append(rng_states())
+    return {"world_size": world_size, "ranks": ranks}
+
+
+def resumed_draws(saved: dict, rank: int, world_size: int) -> torch.Tensor:
+    callback = RNGState()
+    callback.rank, callback.world_size = rank, world_size
+    torch.manual_seed(123)  # whatever the resumed process drew before
+    callback.load_state_dict(saved)
+    return torch.rand(4)
+
+
+def draws_after(states: dict) -> torch.Tensor:
+    torch.set_rng_state(states["torch"])
+    return torch.rand(4)
+
+
+def test_each_rank_resumes_the_stream_it_saved(capsys):
+    saved = rank_states(2)
+    for rank in range(2):
+        assert torch.equal(resumed_draws(saved, rank, 2), draws_after(saved["ranks"][rank]))
+    assert capsys.readouterr().out == ""
+
+
+def test_another_number_of_processes_resumes_with_one_line_and_distinct_streams(capsys):
+    saved = rank_states(2)
+    draws = [resumed_draws(saved, rank, 3) for rank in range(3)]
+    assert not torch.equal(draws[0], draws[1]) and not torch.equal(draws[1], draws[2])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == [
+        "The checkpoint was written by 2 processes and 3 resume it: the dropout masks and batch orders will "
+        "differ from those of an uninterrupted run."
+    ]
+    assert torch.equal(resumed_draws(saved, 0, 1), draws_after(saved["ranks"][0]))  # one process: rank 0's stream
+
+
+def test_cuda_states_are_restored_only_to_the_gpus_there_are(monkeypatch):
+    restored = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device="cuda": restored.append(device))
+    states = {**rng_states(), "torch.cuda": [torch.zeros(16, dtype=torch.uint8)] * 2}  # written with 2 GPUs
+    with pytest.warns(UserWarning, match="random states of 2 GPUs and this process sees 1"):
+        set_rng_states(states)
+    assert restored == [0]
 
 
 @pytest.mark.slow
@@ -193,7 +306,7 @@ def test_run_killed_after_epoch_2_resumes_to_the_same_weights_and_the_same_log(
     run_dir = only_run_dir(tmp_path)
     assert sorted(p.name for p in run_dir.glob("config*.yaml")) == ["config.yaml", "config_resume_1.yaml"]
     steps: dict[str, list[int]] = {}
-    for events_file in sorted(run_dir.glob("events.out.tfevents.*"), key=lambda p: p.stat().st_mtime):
+    for events_file in events_files(run_dir):
         events = read_events(events_file)
         for tag in events.Tags()["scalars"]:
             steps.setdefault(tag, []).extend(e.step for e in events.Scalars(tag))
@@ -203,6 +316,88 @@ def test_run_killed_after_epoch_2_resumes_to_the_same_weights_and_the_same_log(
         if not tag.startswith("hp/") and tag != "epoch":
             assert logged == sorted(set(logged)), f"{tag}: {logged}"
     assert steps["train/loss"][-1] == 15 and steps["val/acc"][-1] == 15
+    # The layout and the HParams summary are in the first process's events only, not written again.
+    first, *later = events_files(run_dir)  # names end in .<pid>.<n>: the test writes one more file
+    first_pid = first.name.split(".")[-2]
+    resumed = [read_events(path) for path in later if path.name.split(".")[-2] != first_pid]
+    assert resumed and "custom_scalars__config__" in read_events(first).Tags()["tensors"]
+    read_events(first).PluginTagToContent("hparams")
+    for events in resumed:
+        assert "custom_scalars__config__" not in events.Tags()["tensors"]
+        with pytest.raises(KeyError):
+            events.PluginTagToContent("hparams")
+
+
+def events_files(run_dir: Path) -> list[Path]:
+    """The run's event files, one per process that wrote into it, oldest first."""
+    return sorted(run_dir.glob("events.out.tfevents.*"), key=lambda p: p.stat().st_mtime)
+
+
+def assert_same_weights(root: Path, reference: Path) -> None:
+    expected = safe_load(last_ckpt(reference))["state_dict"]
+    weights = safe_load(last_ckpt(root))["state_dict"]
+    assert weights.keys() == expected.keys()
+    assert all(torch.equal(weights[key], expected[key]) for key in expected)
+
+
+@pytest.mark.slow
+def test_resume_with_a_dataloader_worker_is_exact_and_workers_change_nothing(
+    tmp_path, uninterrupted, crash_callbacks_importable
+):
+    # Persistent workers drew the workers' base seed once per process: once more in a resumed run.
+    workers = [*SMALL, "--trainer.max_epochs=4", "--data.num_workers=1"]
+    killed = run_train(*workers, crash("KillAtEpochStart"), root=tmp_path, check=False)
+    assert killed.returncode == -signal.SIGKILL
+    run_train(*workers, "--ckpt_path=last", root=tmp_path)
+    assert_same_weights(tmp_path, uninterrupted)  # which ran with num_workers=0
+
+
+# Validation twice an epoch, every second epoch, over an odd number of epochs: the "last" checkpoint
+# must still be written at the end of every epoch, and only there.
+OFF_EPOCH_VALIDATION = [
+    *SMALL,
+    "--trainer.max_epochs=3",
+    "--trainer.val_check_interval=0.5",
+    "--trainer.check_val_every_n_epoch=2",
+]
+
+
+@pytest.mark.slow
+def test_last_ckpt_is_written_at_every_epoch_end_whatever_the_validation_schedule(tmp_path, crash_callbacks_importable):
+    run_train(*OFF_EPOCH_VALIDATION, root=tmp_path / "uninterrupted")
+    assert safe_load(last_ckpt(tmp_path / "uninterrupted"))["epoch"] == 2  # the last epoch, not validated
+
+    # Killed in epoch 1 right after its mid-epoch validation (4 batches an epoch, global step 6).
+    killed = run_train(*OFF_EPOCH_VALIDATION, crash("KillAtStep"), root=tmp_path, check=False)
+    assert killed.returncode == -signal.SIGKILL
+    checkpoint = safe_load(last_ckpt(tmp_path))
+    assert (checkpoint["epoch"], checkpoint["global_step"]) == (0, 4)  # epoch 0's end, though not validated
+    run_train(*OFF_EPOCH_VALIDATION, "--ckpt_path=last", root=tmp_path)
+    assert_same_weights(tmp_path, tmp_path / "uninterrupted")
+
+
+DDP = ["--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=ddp"]
+
+
+def run_ddp(*args: str, root: Path, expect: int = 0):
+    result = run_train(*args, *DDP, root=root, check=False)
+    # gloo was seen to abort (SIGABRT) at exit after all the work was done; the weights are on disk then.
+    finished = result.returncode == -signal.SIGABRT and "tensorboard --logdir" in result.stdout
+    assert result.returncode == expect or (expect == 0 and finished), result.stderr[-3000:]
+    return result
+
+
+@pytest.mark.slow
+def test_ddp_run_killed_after_epoch_2_resumes_to_the_same_weights(tmp_path, crash_callbacks_importable):
+    args = [*SMALL, "--trainer.max_epochs=4"]
+    run_ddp(*args, root=tmp_path / "uninterrupted")
+    run_ddp(*args, crash("KillAtEpochStart"), root=tmp_path, expect=-signal.SIGKILL)
+    saved = safe_load(last_ckpt(tmp_path))
+    assert saved["epoch"] == 1
+    (rng,) = (state for key, state in saved["callbacks"].items() if key.startswith("RNGState"))
+    assert rng["world_size"] == 2 and not torch.equal(rng["ranks"][0]["torch"], rng["ranks"][1]["torch"])
+    run_ddp(*args, "--ckpt_path=last", root=tmp_path)
+    assert_same_weights(tmp_path, tmp_path / "uninterrupted")
 
 
 @pytest.mark.slow

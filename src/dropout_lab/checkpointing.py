@@ -10,6 +10,7 @@
   anything is written, a checkpoint that this run could not continue.
 """
 
+import importlib
 import os
 import random
 from pathlib import Path
@@ -19,6 +20,7 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.utilities import rank_zero_warn
 
 # Types that torch's weights_only unpickler must accept beyond tensors and plain Python values.
 # Our checkpoints need none today; a DataModule argument typed ``Path`` would add pathlib.PosixPath.
@@ -60,6 +62,22 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             return super().load_checkpoint(path, *args, weights_only=weights_only, **kwargs)
 
 
+# Mixed into the seed of every DDP rank's dropout stream, so that no rank's stream is the one
+# seed_everything started, which drew the initial weights (any fixed number would do).
+DROPOUT_STREAM_TAG = 0x64726F70  # "drop"
+
+
+def seed_dropout_stream(seed: int, rank: int) -> None:
+    """Seed the torch generators (CPU and CUDA) of DDP rank ``rank`` from (seed, rank, a fixed tag).
+
+    ``manual_seed(seed + rank)`` would give rank 0 the stream that drew the initial weights (its
+    first input masks were ``W1 < threshold``), and rank r at seed s the stream of rank r-1 at
+    seed s+1. SeedSequence mixes the three numbers into unrelated seeds.
+    """
+    (mixed,) = np.random.SeedSequence([seed, rank, DROPOUT_STREAM_TAG]).generate_state(1, np.uint64)
+    torch.manual_seed(int(mixed))
+
+
 def rng_states() -> dict:
     """The states of every generator a run draws from, as tensors and plain Python values.
 
@@ -77,21 +95,34 @@ def rng_states() -> dict:
 
 def set_rng_states(states: dict) -> None:
     torch.set_rng_state(states["torch"])
-    if states["torch.cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["torch.cuda"])
+    saved_cuda = states["torch.cuda"]
+    if saved_cuda and torch.cuda.is_available():
+        # The checkpoint may come from a machine with another number of visible GPUs.
+        devices = torch.cuda.device_count()
+        if len(saved_cuda) != devices:
+            rank_zero_warn(
+                f"The checkpoint holds the random states of {len(saved_cuda)} GPUs and this process sees "
+                f"{devices}: the states of GPUs 0 to {min(len(saved_cuda), devices) - 1} are restored, so the "
+                "masks drawn on the others differ from those of the run that wrote it."
+            )
+        for device, state in enumerate(saved_cuda[:devices]):
+            torch.cuda.set_rng_state(state, device)
     np.random.set_state(states["numpy"])
     random.setstate(states["python"])
 
 
 class RNGState(L.Callback):
-    """Store the generators' states in each checkpoint; put them back when training resumes.
+    """Store every rank's generator states in each checkpoint; give each rank its own back on resume.
 
-    Exact for checkpoints written at the end of an epoch (ModelCheckpoint's default): nothing
+    Exact for checkpoints written at the end of an epoch (see ``check_resumable``): nothing
     draws between that save and the next epoch's first draw. Lightning loads this state before
     the sanity check, which it runs under ``isolate_rng``, and before the fit loop creates the
     training DataLoader's iterator (whose sampler draws the epoch's order).
-    Under DDP only rank 0's states are saved, so every rank re-seeds from them plus its rank:
-    repeatable, with different masks per rank, but not the masks of an uninterrupted run.
+
+    Under DDP each rank draws its own dropout masks (see ``seed_dropout_stream``): the states of
+    all ranks are gathered into the checkpoint, which rank 0 writes, and each resumed rank takes
+    back the states of the rank that drew them. A run resumed on another number of processes
+    cannot draw the same masks; each rank then seeds a stream of its own from the saved ones.
     """
 
     def __init__(self) -> None:
@@ -101,12 +132,28 @@ class RNGState(L.Callback):
         self.rank, self.world_size = trainer.global_rank, trainer.world_size
 
     def state_dict(self) -> dict:
-        return rng_states()
+        # Lightning builds the checkpoint on every rank (rank 0 writes it): all ranks join the gather.
+        states = [rng_states()]
+        if self.world_size > 1:
+            states = [None] * self.world_size
+            torch.distributed.all_gather_object(states, rng_states())
+        return {"world_size": self.world_size, "ranks": states}
 
     def load_state_dict(self, state_dict: dict) -> None:
-        set_rng_states(state_dict)
+        if "ranks" not in state_dict:  # a checkpoint written before the states were saved per rank
+            state_dict = {"world_size": 1, "ranks": [state_dict]}
+        saved = state_dict["world_size"]
+        if saved == self.world_size:
+            set_rng_states(state_dict["ranks"][self.rank])
+            return
+        if self.rank == 0:
+            print(
+                f"The checkpoint was written by {saved} processes and {self.world_size} resume it: the dropout "
+                "masks and batch orders will differ from those of an uninterrupted run."
+            )
+        set_rng_states(state_dict["ranks"][0])
         if self.world_size > 1:
-            torch.manual_seed(int(torch.randint(2**31, ())) + self.rank)
+            seed_dropout_stream(int(torch.randint(2**62, ())), self.rank)
 
 
 def find_last_checkpoint(root: Path) -> Path:
@@ -158,17 +205,30 @@ def check_resumable(path: str | Path, model: L.LightningModule, datamodule: L.Li
             f"{shown}. Resume with the model and arguments that wrote it (see config.yaml beside it)."
         )
     _check_same_hparams("data", checkpoint.get("datamodule_hyper_parameters"), datamodule)
+    if not checkpoint["loops"].get("fit_loop", {}).get("epoch_loop.batch_progress", {}).get("is_last_batch", True):
+        rank_zero_warn(
+            f"--ckpt_path={path} was written in the middle of epoch {checkpoint.get('epoch')} (global step "
+            f"{checkpoint.get('global_step')}): the resumed run goes on from there on other batches than the run "
+            "that wrote it would have seen. Resume from last.ckpt, written at every epoch end, to continue exactly."
+        )
 
 
 def _check_same_hparams(section: str, saved: dict | None, current: L.LightningDataModule | None) -> None:
-    # The split seed and sizes decide which images are validation images: a resumed run with
-    # other values would train on images that were held out before.
+    # The class, split seed and sizes decide which images are validation images: a resumed run with
+    # other values would train on images that were held out before, or on other data altogether.
+    # num_workers is compared too: with augmentation, it decides which process draws the crops.
     if saved is None or current is None:
         return
-    ignored = {"_class_path", "_instantiator", "num_workers"}  # num_workers changes speed, not results
+    saved_class, current_class = saved.get("_class_path"), type(current)
+    if saved_class is not None and _import_class(saved_class) is not current_class:
+        raise ValueError(
+            f"Resuming with another DataModule than the run that wrote the checkpoint would not continue that run "
+            f"({section}: {saved_class} in the checkpoint, {current_class.__module__}.{current_class.__qualname__} "
+            f"now). Pass --{section}={saved_class}, or start a new run without --ckpt_path."
+        )
     differ = [
         f"{section}.{key}: {saved[key]!r} in the checkpoint, {current.hparams.get(key)!r} now"
-        for key in saved.keys() - ignored
+        for key in saved.keys() - {"_class_path", "_instantiator"}
         if _plain(saved[key]) != _plain(current.hparams.get(key))
     ]
     if differ:
@@ -176,6 +236,15 @@ def _check_same_hparams(section: str, saved: dict | None, current: L.LightningDa
             "Resuming with other data arguments than the run that wrote the checkpoint would not continue "
             f"that run ({'; '.join(sorted(differ))}). Pass the same values, or start a new run without --ckpt_path."
         )
+
+
+def _import_class(class_path: str) -> type | None:
+    """The class named by a checkpoint's ``_class_path``, or None if it cannot be imported here."""
+    module, _, name = class_path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        return None
 
 
 def _plain(value: Any) -> Any:

@@ -14,6 +14,7 @@ from torch import Tensor
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
+from dropout_lab.checkpointing import seed_dropout_stream
 from dropout_lab.nets import CNN, MLP
 
 
@@ -47,10 +48,10 @@ class Classifier(L.LightningModule):
 
     def setup(self, stage: str) -> None:
         # Under DDP every rank starts from the same seed, which would make every rank draw the
-        # same dropout masks. Offset the generator by rank here, after Lightning's own per-rank
+        # same dropout masks. Give each rank its own stream here, after Lightning's own per-rank
         # re-seeding and after the weights were built, so the initial weights stay identical.
         if self.trainer.world_size > 1:
-            torch.manual_seed(torch.initial_seed() + self.global_rank)
+            seed_dropout_stream(torch.initial_seed(), self.global_rank)
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         logits, loss = self._logits_and_loss(batch)

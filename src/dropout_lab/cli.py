@@ -49,8 +49,16 @@ class DropoutLabCLI(LightningCLI):
                     RNGState(),
                     NaNGuard(),
                     # last.ckpt at every epoch end, for resuming. Lightning 2.6's save_last writes it
-                    # only when the best-model checkpoint above is written, i.e. when val/acc improved.
-                    ModelCheckpoint(filename="last", monitor=None, save_top_k=1, enable_version_counter=False),
+                    # only when the best-model checkpoint above is written, i.e. when val/acc improved;
+                    # and by default after validation, which val_check_interval and
+                    # check_val_every_n_epoch move off the epoch's end (a resume from mid-epoch is not exact).
+                    ModelCheckpoint(
+                        filename="last",
+                        monitor=None,
+                        save_top_k=1,
+                        enable_version_counter=False,
+                        save_on_train_epoch_end=True,
+                    ),
                 ],
                 # Atomic saves and weights-only loads; --trainer.plugins replaces this list.
                 "plugins": [{"class_path": "dropout_lab.checkpointing.AtomicCheckpointIO"}],
@@ -70,6 +78,7 @@ class DropoutLabCLI(LightningCLI):
         # The data decides the shape of the network's input and output.
         parser.link_arguments("data.input_shape", "model.init_args.input_shape", apply_on="instantiate")
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
+        count_batches_as_int(parser)
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults({"checkpoint.monitor": "val/acc", "checkpoint.mode": "max"})
         parser.add_argument(
@@ -137,6 +146,13 @@ class DropoutLabCLI(LightningCLI):
             if not isinstance(cause, (ValueError, MisconfigurationException)):
                 raise  # not a complaint about the arguments: a bug, keep its traceback
             self.parser.exit(2, f"error: {cause}\n")
+
+
+def count_batches_as_int(parser: LightningArgumentParser) -> None:
+    """Parse ``--trainer.limit_train_batches=1`` as 1 batch, as the Trainer's Python API takes it, not 1.0 (100%)."""
+    # The Trainer's hint is float | int | None, and jsonargparse takes the first type that fits.
+    for stage in ("train", "val", "test", "predict"):
+        parser._option_string_actions[f"--trainer.limit_{stage}_batches"]._typehint = int | float | None
 
 
 def innermost(error: BaseException) -> BaseException:

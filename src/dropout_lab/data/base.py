@@ -55,19 +55,23 @@ def keep_batch(batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
 def stratified_split(labels: Tensor, n_holdout: int, seed: int, name: str) -> tuple[Tensor, Tensor]:
     """Split indices into (rest, holdout) with ``n_holdout`` items spread evenly over the classes.
 
-    ``name`` is the argument that asked for ``n_holdout``, for the error message.
+    The holdout comes in a seeded random order, so that any prefix of it (``limit_val_batches``,
+    or one DDP rank's share) is a fair sample of every class. ``name`` is the argument that
+    asked for ``n_holdout``, for the error message.
     """
     if not 0 < n_holdout < len(labels):
         raise ValueError(
             f"{name}={n_holdout} cannot be held out of {len(labels)} examples: choose 0 < {name} < {len(labels)}"
         )
-    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
+    generator = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(labels), generator=generator)
     by_class = order[torch.sort(labels[order], stable=True).indices]
     # Evenly spaced picks through the class-sorted list take each class in proportion.
     holdout = by_class[(torch.arange(n_holdout) * len(labels)) // n_holdout]
     is_rest = torch.ones(len(labels), dtype=torch.bool)
     is_rest[holdout] = False
-    return is_rest.nonzero().squeeze(1), holdout.sort().values
+    # by_class is sorted by label, and so is the data this template ships: shuffle the picks.
+    return is_rest.nonzero().squeeze(1), holdout[torch.randperm(n_holdout, generator=generator)]
 
 
 class InMemoryDataModule(L.LightningDataModule):
@@ -104,6 +108,12 @@ class InMemoryDataModule(L.LightningDataModule):
             return
         images, labels, test_images, test_labels = self.load()
         train, val = stratified_split(labels, self.hparams.val_size, self.hparams.seed, "val_size")
+        world_size = self.trainer.world_size if self.trainer is not None else 1
+        if len(val) < world_size:  # else each rank's share of the images would be empty
+            raise ValueError(
+                f"val_size={len(val)} is smaller than the {world_size} processes that share the validation "
+                f"images: choose --data.val_size={world_size} or more, or fewer --trainer.devices."
+            )
         seeded = torch.Generator().manual_seed(self.hparams.seed)
         train_eval = train[torch.randperm(len(train), generator=seeded)[: min(len(val), self.train_eval_cap)]]
         self.train_set = self.batches(images[train], labels[train], self.mean, self.std)
@@ -139,5 +149,8 @@ class InMemoryDataModule(L.LightningDataModule):
             sampler=sampler,
             num_workers=self.hparams.num_workers,
             collate_fn=keep_batch,
-            persistent_workers=self.hparams.num_workers > 0,
+            # Not persistent: every epoch's iterator draws its workers' base seed from the global
+            # generator, as with num_workers=0. Persistent workers draw it once per process, so a
+            # resumed run would draw once more than the run it continues, shifting every later mask.
+            persistent_workers=False,
         )
