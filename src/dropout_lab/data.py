@@ -27,6 +27,7 @@ from torchvision.datasets.utils import check_integrity
 warnings.filterwarnings("ignore", ".*does not have many workers.*")
 
 MNIST5K_DIR = Path(__file__).parent / "mnist5k"
+MNIST5K_SIZE = 5000
 
 
 class TensorBatches(Dataset):
@@ -65,10 +66,7 @@ def stratified_split(labels: Tensor, n_holdout: int, seed: int, name: str) -> tu
 
     ``name`` is the argument that asked for ``n_holdout``, for the error message.
     """
-    if not 0 < n_holdout < len(labels):
-        raise ValueError(
-            f"{name}={n_holdout} cannot be held out of {len(labels)} examples: choose 0 < {name} < {len(labels)}"
-        )
+    check_holdout(n_holdout, len(labels), name)
     order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
     by_class = order[torch.sort(labels[order], stable=True).indices]
     # Evenly spaced picks through the class-sorted list take each class in proportion.
@@ -76,6 +74,11 @@ def stratified_split(labels: Tensor, n_holdout: int, seed: int, name: str) -> tu
     is_rest = torch.ones(len(labels), dtype=torch.bool)
     is_rest[holdout] = False
     return is_rest.nonzero().squeeze(1), holdout.sort().values
+
+
+def check_holdout(n_holdout: int, n: int, name: str) -> None:
+    if not 0 < n_holdout < n:
+        raise ValueError(f"{name}={n_holdout} cannot be held out of {n} examples: choose 0 < {name} < {n}")
 
 
 class InMemoryDataModule(L.LightningDataModule):
@@ -94,6 +97,9 @@ class InMemoryDataModule(L.LightningDataModule):
     std: tuple[float, ...]
     batches = TensorBatches  # the Dataset class of the training split: a subclass may augment
     train_eval_cap = 10_000  # the training subset evaluated for the gap is as large as val, up to this
+    # Images in the training split load() returns, when known without loading: an impossible val_size
+    # is then refused in __init__, before the Trainer makes a run folder.
+    train_size: int | None = None
 
     def __init__(self, val_size: int, batch_size: int = 64, num_workers: int = 0, seed: int = 0) -> None:
         super().__init__()
@@ -101,6 +107,8 @@ class InMemoryDataModule(L.LightningDataModule):
             raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
         if val_size <= 0:
             raise ValueError(f"val_size must be a positive number of images, got {val_size}")
+        if self.train_size is not None:
+            check_holdout(val_size, self.train_size, "val_size")
         self.save_hyperparameters(logger=False)  # TensorBoardLayout logs them, with metrics
 
     def load(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -176,6 +184,8 @@ class MNIST5kDataModule(InMemoryDataModule):
     def __init__(
         self, val_size: int = 500, test_size: int = 500, batch_size: int = 64, num_workers: int = 0, seed: int = 0
     ) -> None:
+        check_holdout(test_size, MNIST5K_SIZE, "test_size")
+        self.train_size = MNIST5K_SIZE - test_size
         super().__init__(val_size, batch_size, num_workers, seed)
 
     def load(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -269,6 +279,7 @@ class MNISTDataModule(TorchvisionDataModule):
 
     dataset = datasets.MNIST
     input_shape = (1, 28, 28)
+    train_size = 60_000
     mean, std = (0.1307,), (0.3081,)  # of the 60,000 training images
 
     def __init__(
@@ -368,6 +379,7 @@ class CIFAR10DataModule(TorchvisionDataModule):
 
     dataset = datasets.CIFAR10
     input_shape = (3, 32, 32)
+    train_size = 50_000
     # Per-channel mean and std over all pixels of the 50,000 training images.
     mean, std = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 
