@@ -116,11 +116,16 @@ class Classifier(L.LightningModule):
 
     def on_train_start(self) -> None:
         # After the checkpoint is loaded, whichever strategy loads it before or after configure_optimizers.
-        if self.planned_steps is not None and self.checkpoint_planned_steps not in (None, self.planned_steps):
-            rank_zero_info(
-                f"The cosine learning-rate schedule was re-planned for {self.planned_steps} steps, the length of "
-                f"this run (the checkpoint's run planned {self.checkpoint_planned_steps})."
-            )
+        if self.planned_steps is None or self.checkpoint_planned_steps in (None, self.planned_steps):
+            return
+        # The optimizer's state holds the rate of the old plan for the next step: the new plan's instead.
+        scheduler = self.lr_schedulers()
+        for group, base_lr in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, strict=True):
+            group["lr"] = base_lr * cosine(scheduler.last_epoch, self.planned_steps)
+        rank_zero_info(
+            f"The cosine learning-rate schedule was re-planned for {self.planned_steps} steps, the length of "
+            f"this run (the checkpoint's run planned {self.checkpoint_planned_steps})."
+        )
 
 
 def cosine(step: int, steps: float) -> float:
