@@ -42,8 +42,8 @@ def test_trainer_flag_runs_to_the_end_and_keeps_the_gap(tmp_path, case):
 
     if gap_in == "tensorboard":
         events = read_events(runs[0])
-        gaps = scalars(events, "gap/loss")
-        assert gaps and all(math.isfinite(value) for _, value in gaps)
+        gaps, losses = scalars(events, "gap/loss"), scalars(events, "train/loss")
+        assert gaps and losses and all(math.isfinite(value) for _, value in gaps + losses)
         assert scalars(events, "hp/test_acc")
     elif gap_in == "csv":
         metrics = runs[0] / "metrics.csv"
