@@ -117,7 +117,11 @@ class DropoutLabCLI(LightningCLI):
                     f"(for example: python train.py --{section}.help {names[-1]})."
                 )
                 parser.exit(0)
-        super().parse_arguments(parser, with_logger_save_dir(argv) if isinstance(args, list | None) else args)
+        amended = with_logger_save_dir(argv)
+        if amended is argv:
+            super().parse_arguments(parser, args)
+        else:  # as LightningCLI parses a list, without its warning about args given beside sys.argv
+            self.config = parser.parse_args(amended)
 
     def before_instantiate_classes(self) -> None:
         logger = self.config.trainer.logger
