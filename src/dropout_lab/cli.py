@@ -4,8 +4,9 @@ Every argument of the model, the DataModule and the Trainer is a flag (``--model
 read from the classes' signatures and docstrings; YAML files in configs/ only set those flags.
 
 Bad input stops the run before anything is written, with one message that says what is wrong
-and what to do: a mistyped key gets the closest valid one, an error raised in a class's
-``__init__`` is shown as it was raised (not inside jsonargparse's longer Union message).
+and what to do: a mistyped key gets the closest valid one, an unknown class name the closest of this
+package's classes and the list of them, an error raised in a class's ``__init__`` is shown as it was
+raised (not inside jsonargparse's longer Union message).
 """
 
 import difflib
@@ -273,7 +274,7 @@ def unknown_keys(message: str, parser: LightningArgumentParser) -> list[tuple[st
 
 
 def unknown_class(message: str) -> list[str]:
-    """For ``--data=NoSuchData``: the valid class names, the closest first ([] for other messages)."""
+    """For ``--data=NoSuchData``: a line naming the closest of this package's classes and all of them, else []."""
     section = re.match(r'Parser key "(model|data)"', message)
     name = re.search(r"Expected a dot import path string: (\S+)", message)
     if not (section and name):
