@@ -7,6 +7,8 @@ python train.py --help                               # the flags; --model.help C
 """
 
 import torch
+from lightning.pytorch import Trainer
+from lightning.pytorch.loggers import TensorBoardLogger
 
 from dropout_lab.cli import DropoutLabCLI
 
@@ -16,15 +18,30 @@ def main(args: list[str] | None = None) -> None:
     trainer = cli.trainer
     trainer.fit(cli.model, cli.datamodule, ckpt_path=cli.config.ckpt_path)
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    if not best and trainer.is_global_zero:
+        why = "checkpointing is off" if trainer.checkpoint_callback is None else "no checkpoint was written"
+        print(f"Testing the final weights: {why}, so there is no best checkpoint to test.")
     trainer.test(cli.model, cli.datamodule, ckpt_path=best or None)
     log_dir = trainer.log_dir  # a collective under DDP: every rank must ask
-    if trainer.is_global_zero and trainer.logger is not None:
-        print(f"\nCheckpoints and TensorBoard logs of this run: {log_dir}")
-        print(f"Compare runs in TensorBoard:  tensorboard --logdir {trainer.logger.root_dir}")
+    if trainer.is_global_zero:
+        print_where_the_run_is(trainer, log_dir)
     # Lightning leaves a DDP process group open for another fit; left to the interpreter's exit,
     # gloo's threads were seen to abort the process (SIGABRT) after all the work was done.
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
+
+
+def print_where_the_run_is(trainer: Trainer, log_dir: str | None) -> None:
+    logger, checkpoints = trainer.logger, trainer.checkpoint_callback
+    if trainer.fast_dev_run:
+        print("\nfast_dev_run: nothing of this run was written (Lightning turns logs and checkpoints off).")
+    elif isinstance(logger, TensorBoardLogger):
+        print(f"\n{'Checkpoints and TensorBoard logs' if checkpoints else 'TensorBoard logs'} of this run: {log_dir}")
+        print(f"Compare runs in TensorBoard:  tensorboard --logdir {logger.root_dir}")
+    elif logger is not None:
+        print(f"\n{'Checkpoints and logs' if checkpoints else 'Logs'} of this run: {log_dir}")
+    elif checkpoints is not None:
+        print(f"\nCheckpoints of this run: {checkpoints.dirpath}")
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from dropout_lab import CNNClassifier, InMemoryDataModule, MLPClassifier, MNIST5kDataModule
+from dropout_lab.classifier import cosine
 from dropout_lab.cli import DropoutLabCLI
 
 BATCH_SIZE = 64
@@ -121,7 +122,7 @@ def plain_fit(model_class: type, data: InMemoryDataModule, steps: int) -> Clock:
     net, hparams = model.net, model.hparams
     with Clock() as clock:  # like the template's: building the model is not timed
         optimizer = torch.optim.AdamW(net.parameters(), lr=hparams.lr, weight_decay=hparams.weight_decay)
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: cosine(step, steps))  # as Classifier
         step = 0
         while step < steps:
             for x, y in data.train_dataloader():

@@ -28,7 +28,7 @@ def test_compiled_model_trains_and_its_checkpoint_loads_without_compile(tmp_path
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("model", ["MLPClassifier", "CNNClassifier"])
+@pytest.mark.parametrize("model", ["CNNClassifier"])  # the MLP: in test_trainer_flags.py's flag matrix
 def test_bf16_mixed_precision_trains_with_a_finite_loss(tmp_path, model):
     run_train(f"--model={model}", "--trainer.precision=bf16-mixed", *QUICK, root=tmp_path)
     losses = train_losses(tmp_path)

@@ -49,8 +49,12 @@ class GeneralizationGap(L.Callback):
         pl_module.log_dict(gap | summary, sync_dist=True)
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Straight to the loggers, not self.log: the printed test table would show test/acc twice.
+        # The value is already reduced over ranks; loggers write on rank 0 only.
         if "test/acc" in trainer.callback_metrics:
-            pl_module.log("hp/test_acc", trainer.callback_metrics["test/acc"], sync_dist=True)
+            test_acc = trainer.callback_metrics["test/acc"].item()
+            for logger in trainer.loggers:
+                logger.log_metrics({"hp/test_acc": test_acc}, step=trainer.global_step)
 
     def state_dict(self) -> dict:
         return {"val_acc_best": self.val_acc_best}
@@ -80,16 +84,29 @@ class TensorBoardLayout(L.Callback):
             return
         # Lightning's own hyperparameter logging is off (save_hyperparameters(logger=False)) so that
         # the summary is written once, here, with the metrics the HParams dashboard should compare.
-        logger.log_hyperparams(run_hparams(trainer, pl_module), {tag: math.nan for tag in HPARAM_METRICS})
+        logger.log_hyperparams(hparams_table(pl_module, trainer.datamodule), {tag: math.nan for tag in HPARAM_METRICS})
 
 
-def run_hparams(trainer: L.Trainer, pl_module: L.LightningModule) -> dict:
-    """The hyperparameters of a run: the classes' names, the seed, and the model's and data's arguments."""
-    datamodule = trainer.datamodule
-    return {
-        "model": type(pl_module).__name__,
+def hparams_table(model: L.LightningModule, datamodule: L.LightningDataModule | None) -> dict:
+    """The run's settings for the HParams dashboard: model, data, dropout rates, learning rate, seeds, then the rest.
+
+    LightningCLI's ``_class_path``/``_instantiator`` are left out (the class is the ``model`` column); a key
+    that model and data share is recorded as ``model.KEY`` and ``data.KEY``, as the flags name them.
+    """
+    model_params = {key: value for key, value in model.hparams.items() if not key.startswith("_")}
+    for key in ("lr", "weight_decay", "cosine"):  # what the optimizer ran with, also for a model without them
+        if hasattr(model, key):
+            model_params[key] = getattr(model, key)
+    data_params = {key: value for key, value in getattr(datamodule, "hparams", {}).items() if not key.startswith("_")}
+    shared = model_params.keys() & data_params.keys()
+    model_params = {(f"model.{key}" if key in shared else key): value for key, value in model_params.items()}
+    data_params = {(f"data.{key}" if key in shared else key): value for key, value in data_params.items()}
+    params = {
+        "model": type(model).__name__,
         "data": type(datamodule).__name__ if datamodule is not None else None,
+        **{key: value for key, value in model_params.items() if "dropout" in key},
+        **{key: value for key, value in model_params.items() if key.endswith("lr")},
         "seed_everything": int(os.environ.get("PL_GLOBAL_SEED", -1)),
-        **pl_module.hparams,
-        **(datamodule.hparams if datamodule is not None else {}),
+        **{key: value for key, value in data_params.items() if key.endswith("seed")},
     }
+    return params | {key: value for key, value in (model_params | data_params).items() if key not in params}

@@ -5,11 +5,13 @@ network in eval mode around every validation, test and predict loop (and the san
 and restores train mode afterwards, and CustomDropout follows ``self.training``.
 """
 
+import math
 from collections.abc import Sequence
 
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
@@ -32,12 +34,21 @@ def stage_metrics(num_classes: int, prefix: str) -> MetricCollection:
 class Classifier(L.LightningModule):
     """Cross-entropy training and evaluation shared by MLPClassifier and CNNClassifier.
 
-    Subclasses build ``self.net`` and call ``save_hyperparameters()``; the optimizer reads
-    ``lr``, ``weight_decay`` and ``cosine`` from there.
+    Subclasses build ``self.net`` and call ``save_hyperparameters()``; the optimizer settings
+    have defaults here, so a subclass passes them on only if it offers them as arguments.
+
+    Args:
+        num_classes: number of classes; set from the DataModule by train.py.
+        lr: AdamW learning rate.
+        weight_decay: AdamW decoupled weight decay.
+        cosine: anneal the learning rate to 0 along a cosine over the whole run.
     """
 
-    def __init__(self, num_classes: int) -> None:
+    def __init__(self, num_classes: int, lr: float = 1e-3, weight_decay: float = 0.0, cosine: bool = True) -> None:
         super().__init__()
+        self.lr, self.weight_decay, self.cosine = lr, weight_decay, cosine
+        self.planned_steps: float | None = None  # the cosine's length, from configure_optimizers
+        self.checkpoint_planned_steps: float | None = None  # the length planned by a resumed run
         # Attribute names, not ModuleDict keys: a key "train" would shadow nn.Module.train.
         self.val_metrics = stage_metrics(num_classes, "val/")
         self.train_eval_metrics = stage_metrics(num_classes, "train_eval/")
@@ -61,7 +72,8 @@ class Classifier(L.LightningModule):
         if (self.global_step + 1) % self.trainer.log_every_n_steps == 0:
             # The batch's own values, measured with dropout on while the weights move.
             accuracy = (logits.argmax(dim=-1) == batch[1]).float().mean()
-            self.log_dict({"train/loss": loss.detach(), "train/acc": accuracy}, on_step=True, on_epoch=False)
+            metrics = {"train/loss": loss.detach(), "train/acc": accuracy}
+            self.log_dict(metrics, on_step=True, on_epoch=False, prog_bar=True)
         return loss
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
@@ -87,12 +99,39 @@ class Classifier(L.LightningModule):
         self.log_dict(metrics, on_epoch=True, add_dataloader_idx=False)
 
     def configure_optimizers(self):
-        optimizer = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
-        if not self.hparams.cosine:
+        optimizer = torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        if not self.cosine:
             return optimizer
-        steps = self.trainer.estimated_stepping_batches
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
+        # The schedule is a function of the step and of this run's length, not a state: a resume with a
+        # larger max_epochs follows the cosine of the longer run from the step it resumes at. (A
+        # CosineAnnealingLR keeps its T_max in the checkpoint, so it would restart a cycle past the old end.)
+        self.planned_steps = steps = self.trainer.estimated_stepping_batches
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: cosine(step, steps))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["planned_steps"] = self.planned_steps
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.checkpoint_planned_steps = checkpoint.get("planned_steps")
+
+    def on_train_start(self) -> None:
+        # After the checkpoint is loaded, whichever strategy loads it before or after configure_optimizers.
+        if self.planned_steps is None or self.checkpoint_planned_steps in (None, self.planned_steps):
+            return
+        # The optimizer's state holds the rate of the old plan for the next step: the new plan's instead.
+        scheduler = self.lr_schedulers()
+        for group, base_lr in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, strict=True):
+            group["lr"] = base_lr * cosine(scheduler.last_epoch, self.planned_steps)
+        rank_zero_info(
+            f"The cosine learning-rate schedule was re-planned for {self.planned_steps} steps, the length of "
+            f"this run (the checkpoint's run planned {self.checkpoint_planned_steps})."
+        )
+
+
+def cosine(step: int, steps: float) -> float:
+    """The learning rate's factor at ``step`` of ``steps``: from 1 down to 0 along half a cosine, then 0."""
+    return 0.5 * (1 + math.cos(math.pi * min(step / steps, 1.0)))
 
 
 class MLPClassifier(Classifier):
@@ -122,7 +161,7 @@ class MLPClassifier(Classifier):
         cosine: bool = True,
         compile: bool = False,
     ) -> None:
-        super().__init__(num_classes)
+        super().__init__(num_classes, lr, weight_decay, cosine)
         self.save_hyperparameters(logger=False)  # TensorBoardLayout logs them, with metrics
         self.net = MLP(input_shape, num_classes, hidden, dropout, input_dropout)
         if compile:
@@ -159,7 +198,7 @@ class CNNClassifier(Classifier):
         cosine: bool = True,
         compile: bool = False,
     ) -> None:
-        super().__init__(num_classes)
+        super().__init__(num_classes, lr, weight_decay, cosine)
         self.save_hyperparameters(logger=False)  # TensorBoardLayout logs them, with metrics
         self.net = CNN(input_shape, num_classes, channels, hidden, dropout, conv_dropout)
         if compile:

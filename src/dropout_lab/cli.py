@@ -4,17 +4,22 @@ Every argument of the model, the DataModule and the Trainer is a flag (``--model
 read from the classes' signatures and docstrings; YAML files in configs/ only set those flags.
 
 Bad input stops the run before anything is written, with one message that says what is wrong
-and what to do: a mistyped key gets the closest valid one, an error raised in a class's
-``__init__`` is shown as it was raised (not inside jsonargparse's longer Union message).
+and what to do: a mistyped key gets the closest valid one, an unknown class name the closest of this
+package's classes and the list of them, an error raised in a class's ``__init__`` is shown as it was
+raised (not inside jsonargparse's longer Union message).
 """
 
 import difflib
 import inspect
+import logging
 import os
 import re
+import sys
+import warnings
 from pathlib import Path
 
 import lightning as L
+import lightning.pytorch.loggers
 import torch
 from jsonargparse import Namespace
 from lightning.fabric.utilities.exceptions import MisconfigurationException
@@ -27,6 +32,23 @@ from dropout_lab.checkpointing import RNGState, check_resumable, find_last_check
 from dropout_lab.classifier import Classifier
 from dropout_lab.nan_guard import NaNGuard
 
+DEFAULT_ROOT_DIR = "<trainer.default_root_dir>"  # a logger's save_dir placeholder, see with_logger_save_dir
+USAGE = "python train.py [--config FILE] [--model CLASS] [--model.ARG VALUE] [--data CLASS] [--trainer.ARG VALUE] ..."
+DESCRIPTION = """Train a classifier that uses CustomDropout, then test it.
+
+The flags people change most: --model=MLPClassifier or CNNClassifier (or your_module.YourClassifier),
+--model.dropout=0.3 (the drop probability p), --data=MNIST5kDataModule, MNISTDataModule,
+FashionMNISTDataModule or CIFAR10DataModule, --trainer.max_epochs=15, --config=configs/cnn_mnist5k.yaml.
+One class's own flags and their meaning: --model.help CNNClassifier, --data.help MNISTDataModule.
+Every flag follows."""
+
+# Two notices from inside Lightning that are not about the run: an advertisement on every Trainer, and a
+# deprecation inside Lightning's own code (lightning/pytorch/utilities/_pytree.py uses torch's LeafSpec).
+logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
+    lambda record: "litlogger" not in record.getMessage()
+)
+warnings.filterwarnings("ignore", r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning)
+
 
 class DropoutLabCLI(LightningCLI):
     """``python train.py --help`` lists what this parser accepts."""
@@ -38,6 +60,10 @@ class DropoutLabCLI(LightningCLI):
             subclass_mode_model=True,  # --model=MLPClassifier or --model=CNNClassifier (or yours)
             subclass_mode_data=True,  # --data=<any LightningDataModule with input_shape and num_classes>
             seed_everything_default=0,
+            # No --optimizer/--lr_scheduler: the model's lr, weight_decay and cosine arguments are the
+            # optimizer settings, recorded in HParams and checkpoints, and the cosine follows the run's length.
+            auto_configure_optimizers=False,
+            parser_kwargs={"description": DESCRIPTION, "usage": USAGE},
             # Callbacks given here are always present; --trainer.callbacks adds to them.
             trainer_defaults={
                 "max_epochs": 15,
@@ -89,9 +115,43 @@ class DropoutLabCLI(LightningCLI):
             "'auto': the same if there is one, else start a new run (one command for the first start and restarts).",
         )
 
+    def parse_arguments(self, parser: LightningArgumentParser, args: list[str] | None) -> None:
+        argv = sys.argv[1:] if args is None else args if isinstance(args, list) else []
+        for section, base in (("model", Classifier), ("data", L.LightningDataModule)):
+            # Without a class name jsonargparse would show the base class: the abstract Classifier, whose
+            # only flag is num_classes, as if it were the model to use.
+            following = argv[argv.index(f"--{section}.help") + 1 :] if f"--{section}.help" in argv else None
+            if following is not None and (not following or following[0].startswith("-")):
+                names = package_classes(base)
+                print(
+                    f"--{section}.help takes a class name: one of {', '.join(names)}, or your_module.YourClass "
+                    f"(for example: python train.py --{section}.help {names[-1]})."
+                )
+                parser.exit(0)
+        amended = with_logger_save_dir(argv)
+        if amended is argv:
+            super().parse_arguments(parser, args)
+        else:  # as LightningCLI parses a list, without its warning about args given beside sys.argv
+            self.config = parser.parse_args(amended)
+
     def before_instantiate_classes(self) -> None:
+        logger = self.config.trainer.logger
+        if isinstance(logger, Namespace) and logger.init_args.get("save_dir") == DEFAULT_ROOT_DIR:
+            logger.init_args.save_dir = self.config.trainer.default_root_dir or os.getcwd()
         if self.config.ckpt_path in ("last", "auto"):
             self.resume_last_run()
+        self.leave_out_callbacks_without_use()
+
+    def leave_out_callbacks_without_use(self) -> None:
+        """Drop the default callbacks that the Trainer's flags leave nothing to do (and that it would refuse)."""
+        trainer = self.config.trainer
+        callbacks = self.trainer_defaults["callbacks"]
+        if trainer.logger is False:  # LearningRateMonitor raises without a logger
+            callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+        if trainer.enable_checkpointing is False:  # the Trainer refuses a ModelCheckpoint then
+            callbacks = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
+            self.parser.callback_keys.remove("checkpoint")  # the --checkpoint.* one
+        self.trainer_defaults = {**self.trainer_defaults, "callbacks": callbacks}
 
     def resume_last_run(self) -> None:
         """Point ``ckpt_path`` at the newest ``last.ckpt`` and log into that run's folder again.
@@ -155,6 +215,24 @@ def count_batches_as_int(parser: LightningArgumentParser) -> None:
         parser._option_string_actions[f"--trainer.limit_{stage}_batches"]._typehint = int | float | None
 
 
+def with_logger_save_dir(argv: list[str]) -> list[str]:
+    """``argv`` with ``--trainer.logger.save_dir`` added where a logger that requires it is named without it.
+
+    ``--trainer.logger=CSVLogger`` alone fails with "the following arguments are required: save_dir"; the
+    placeholder added here becomes the Trainer's default_root_dir, where Lightning's default logger writes.
+    """
+    names = [arg.partition("=")[2] for arg in argv if arg.startswith("--trainer.logger=")]
+    if not names or any(arg.startswith("--trainer.logger.save_dir") for arg in argv):
+        return argv
+    logger_class = getattr(lightning.pytorch.loggers, names[-1].rpartition(".")[2], None)
+    if not isinstance(logger_class, type):  # not one of Lightning's loggers, or true/false
+        return argv
+    save_dir = inspect.signature(logger_class).parameters.get("save_dir")
+    if save_dir is None or save_dir.default is not save_dir.empty:
+        return argv
+    return [*argv, f"--trainer.logger.save_dir={DEFAULT_ROOT_DIR}"]
+
+
 def innermost(error: BaseException) -> BaseException:
     """The exception at the bottom of a chain: the one raised in ``__init__``, not jsonargparse's wrapper."""
     while error.__cause__ is not None:
@@ -187,7 +265,7 @@ class SuggestingParser(LightningArgumentParser):
     def error(self, message: str, ex: Exception | None = None):
         if self.exit_on_error:  # the parser that prints; the nested ones of --model and --data only raise
             hints = [hint for key, candidates in unknown_keys(message, self) if (hint := closest(key, candidates))]
-            message = "\n".join([message.rstrip(), *hints])
+            message = "\n".join([message.rstrip(), *hints, *unknown_class(message)])
         return super().error(message, ex)
 
     def get_defaults(self, *args, **kwargs) -> Namespace:
@@ -224,6 +302,40 @@ def unknown_keys(message: str, parser: LightningArgumentParser) -> list[tuple[st
     if not section:
         found += [(f"--{key}", flags) for key in re.findall(r"^Option '(\w+)' is not accepted", message)]
     return found
+
+
+def unknown_class(message: str) -> list[str]:
+    """For ``--data=NoSuchData``: a line naming the closest of this package's classes and all of them, else []."""
+    section = re.match(r'Parser key "(model|data)"', message)
+    name = re.search(r"Expected a dot import path string: (\S+)", message)
+    if not (section and name):
+        return []
+    choices = package_classes(Classifier if section.group(1) == "model" else L.LightningDataModule)
+    close = difflib.get_close_matches(name.group(1), choices, n=1, cutoff=0.5)
+    hint = f"did you mean --{section.group(1)}={close[0]}? " if close else ""
+    return [
+        f"Unknown class {name.group(1)!r} for --{section.group(1)}: {hint}This package's classes: "
+        f"{', '.join(choices)}; or your own as --{section.group(1)}=your_module.YourClass."
+    ]
+
+
+def package_classes(base: type) -> list[str]:
+    """The classes of this package that ``--model=``/``--data=`` accept by name: subclasses of ``base``
+    whose arguments all have defaults (so not the bases Classifier and InMemoryDataModule)."""
+    import dropout_lab
+
+    classes = [getattr(dropout_lab, name) for name in dropout_lab.__all__]
+    return [
+        cls.__name__
+        for cls in classes
+        if isinstance(cls, type) and issubclass(cls, base) and cls is not base and runs_with_defaults(cls)
+    ]
+
+
+def runs_with_defaults(cls: type) -> bool:
+    # num_classes and input_shape are set from the DataModule (link_arguments), so they need no default.
+    parameters = inspect.signature(cls).parameters.values()
+    return all(p.default is not p.empty or p.name in ("num_classes", "input_shape") for p in parameters)
 
 
 def init_parameters(class_path: str) -> list[str]:

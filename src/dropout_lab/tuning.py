@@ -34,7 +34,7 @@ from jsonargparse.typing import PositiveInt
 from lightning.pytorch.cli import LightningArgumentParser
 from torch.utils.tensorboard.summary import hparams
 
-from dropout_lab.callbacks import HPARAM_METRICS, TensorBoardLayout, run_hparams
+from dropout_lab.callbacks import HPARAM_METRICS, TensorBoardLayout, hparams_table
 from dropout_lab.cli import DropoutLabCLI, init_parameters
 
 TYPES = ("float", "log", "int", "categorical")
@@ -315,7 +315,7 @@ def write_hparams(trainer: L.Trainer, model: L.LightningModule, tune_params: dic
     """
     params = {
         key: value if isinstance(value, (int, float, str, bool)) else str(value)
-        for key, value in run_hparams(trainer, model).items()
+        for key, value in hparams_table(model, trainer.datamodule).items()
     }
     writer = trainer.logger.experiment._get_file_writer()  # reopens the writer Lightning closed at the end of fit
     for summary in hparams(params | tune_params, {tag: math.nan for tag in HPARAM_METRICS}):

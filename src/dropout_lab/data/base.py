@@ -59,10 +59,7 @@ def stratified_split(labels: Tensor, n_holdout: int, seed: int, name: str) -> tu
     or one DDP rank's share) is a fair sample of every class. ``name`` is the argument that
     asked for ``n_holdout``, for the error message.
     """
-    if not 0 < n_holdout < len(labels):
-        raise ValueError(
-            f"{name}={n_holdout} cannot be held out of {len(labels)} examples: choose 0 < {name} < {len(labels)}"
-        )
+    check_holdout(n_holdout, len(labels), name)
     generator = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(labels), generator=generator)
     by_class = order[torch.sort(labels[order], stable=True).indices]
@@ -72,6 +69,11 @@ def stratified_split(labels: Tensor, n_holdout: int, seed: int, name: str) -> tu
     is_rest[holdout] = False
     # by_class is sorted by label, and so is the data this template ships: shuffle the picks.
     return is_rest.nonzero().squeeze(1), holdout[torch.randperm(n_holdout, generator=generator)]
+
+
+def check_holdout(n_holdout: int, n: int, name: str) -> None:
+    if not 0 < n_holdout < n:
+        raise ValueError(f"{name}={n_holdout} cannot be held out of {n} examples: choose 0 < {name} < {n}")
 
 
 class InMemoryDataModule(L.LightningDataModule):
@@ -90,6 +92,9 @@ class InMemoryDataModule(L.LightningDataModule):
     std: tuple[float, ...]
     batches = TensorBatches  # the Dataset class of the training split: a subclass may augment
     train_eval_cap = 10_000  # the training subset evaluated for the gap is as large as val, up to this
+    # Images in the training split load() returns, when known without loading: an impossible val_size
+    # is then refused in __init__, before the Trainer makes a run folder.
+    train_size: int | None = None
 
     def __init__(self, val_size: int, batch_size: int = 64, num_workers: int = 0, seed: int = 0) -> None:
         super().__init__()
@@ -97,6 +102,8 @@ class InMemoryDataModule(L.LightningDataModule):
             raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
         if val_size <= 0:
             raise ValueError(f"val_size must be a positive number of images, got {val_size}")
+        if self.train_size is not None:
+            check_holdout(val_size, self.train_size, "val_size")
         self.save_hyperparameters(logger=False)  # TensorBoardLayout logs them, with metrics
 
     def load(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:

@@ -8,9 +8,10 @@ import torch
 from torch import Tensor
 
 from dropout_lab.data.augment import AffineBatches
-from dropout_lab.data.base import InMemoryDataModule, stratified_split
+from dropout_lab.data.base import InMemoryDataModule, check_holdout, stratified_split
 
 MNIST5K_DIR = Path(__file__).parent.parent / "mnist5k"
+MNIST5K_SIZE = 5000
 
 
 def read_idx_gz(path: Path) -> Tensor:
@@ -46,6 +47,8 @@ class MNIST5kDataModule(InMemoryDataModule):
         seed: int = 0,
         augment: bool = False,
     ) -> None:
+        check_holdout(test_size, MNIST5K_SIZE, "test_size")
+        self.train_size = MNIST5K_SIZE - test_size
         super().__init__(val_size, batch_size, num_workers, seed)
         if augment:
             self.batches = AffineBatches

@@ -43,6 +43,7 @@ class MNISTDataModule(TorchvisionDataModule):
 
     dataset = datasets.MNIST
     input_shape = (1, 28, 28)
+    train_size = 60_000
     mean, std = (0.1307,), (0.3081,)  # of the 60,000 training images
     augmented = AffineBatches  # the training batches with --data.augment=true
 
@@ -126,6 +127,7 @@ class CIFAR10DataModule(TorchvisionDataModule):
 
     dataset = datasets.CIFAR10
     input_shape = (3, 32, 32)
+    train_size = 50_000
     # Per-channel mean and std over all pixels of the 50,000 training images.
     mean, std = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 

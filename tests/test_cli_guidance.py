@@ -1,0 +1,94 @@
+"""What the command line tells a user: --help, class choices, early refusals, the HParams table, own models."""
+
+import os
+import re
+
+import pytest
+from conftest import QUICK, ROOT, only_run_dir, run_train
+
+from dropout_lab import MLPClassifier, MNIST5kDataModule
+from dropout_lab.callbacks import hparams_table
+from dropout_lab.cli import DropoutLabCLI
+
+
+def cli_exit(args: list[str], capsys) -> tuple[int, str, str]:
+    """Run the CLI's parsing and instantiation in this process; (exit code, stdout, stderr)."""
+    with pytest.raises(SystemExit) as exit_info:
+        DropoutLabCLI(args)
+    out, err = capsys.readouterr()
+    return exit_info.value.code, out, err
+
+
+def test_help_starts_with_the_flags_people_change_most(capsys):
+    code, out, _ = cli_exit(["--help"], capsys)
+    assert code == 0
+    opening = "\n".join(out.splitlines()[:15])
+    for flag in ("--model=", "--model.dropout", "--data=", "--model.help CNNClassifier"):
+        assert flag in opening
+    assert "--trainer.max_epochs" in out  # LightningCLI's full help follows
+    assert "--optimizer" not in out and "--lr_scheduler" not in out  # not offered: see README
+
+
+@pytest.mark.parametrize(
+    ("section", "choices"), [("model", "CNNClassifier, MLPClassifier"), ("data", "MNIST5kDataModule, MNISTDataModule")]
+)
+def test_help_of_a_section_without_a_class_lists_the_classes(capsys, section, choices):
+    code, out, _ = cli_exit([f"--{section}.help"], capsys)
+    assert code == 0
+    assert choices in out
+    assert "dropout_lab.Classifier" not in out and "--model.num_classes" not in out  # not the abstract base
+
+
+@pytest.mark.parametrize(
+    ("arg", "closest", "valid"),
+    [
+        ("--data=MNISTDatModule", "did you mean --data=MNISTDataModule?", "CIFAR10DataModule, FashionMNISTDataModule"),
+        ("--model=CNNClasifier", "did you mean --model=CNNClassifier?", "CNNClassifier, MLPClassifier"),
+        ("--data=NoSuchData", "", "MNIST5kDataModule, MNISTDataModule"),
+    ],
+)
+def test_unknown_class_lists_the_valid_ones_and_the_closest(tmp_path, capsys, arg, closest, valid):
+    code, _, err = cli_exit([arg, f"--trainer.default_root_dir={tmp_path}"], capsys)
+    assert code == 2
+    assert closest in err and valid in err
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--data.val_size=999999"], "val_size=999999 cannot be held out of 4500 examples"),
+        (["--data.test_size=5000"], "test_size=5000 cannot be held out of 5000 examples"),
+        (["--data.test_size=4000", "--data.val_size=1000"], "val_size=1000 cannot be held out of 1000 examples"),
+        (["--data=MNISTDataModule", "--data.val_size=60000"], "val_size=60000 cannot be held out of 60000"),
+    ],
+)
+def test_impossible_split_is_refused_before_any_folder_is_made(tmp_path, capsys, args, message):
+    code, _, err = cli_exit([*args, f"--trainer.default_root_dir={tmp_path / 'runs'}"], capsys)
+    assert code == 2
+    assert message in err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_hparams_table_leads_with_what_runs_are_compared_by():
+    model, data = MLPClassifier(dropout=0.3), MNIST5kDataModule()
+    model.hparams["_class_path"] = "dropout_lab.MLPClassifier"  # as LightningCLI adds it
+    model.hparams["seed"] = 7  # a key the DataModule has too
+    table = hparams_table(model, data)
+    assert list(table)[:7] == ["model", "data", "dropout", "input_dropout", "lr", "seed_everything", "data.seed"]
+    assert table["dropout"] == 0.3 and table["model.seed"] == 7 and table["data.seed"] == 0
+    assert "seed" not in table and not any(key.startswith("_") for key in table)
+
+
+README_MODEL = re.search(r"```python\n(\s*# my_module\.py.*?)```", (ROOT / "README.md").read_text(), re.S)
+
+
+@pytest.mark.slow
+def test_readme_own_model_recipe_runs_from_a_module_outside_the_package(tmp_path, monkeypatch):
+    code = "\n".join(line[2:] for line in README_MODEL.group(1).splitlines())  # the block is indented 2
+    (tmp_path / "my_module.py").write_text(code)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
+    result = run_train("--model=my_module.MyClassifier", "--model.dropout=0.3", *QUICK, root=tmp_path / "runs")
+    assert "test/acc" in result.stdout
+    config = (only_run_dir(tmp_path / "runs") / "config.yaml").read_text()
+    assert "class_path: my_module.MyClassifier" in config and "dropout: 0.3" in config
