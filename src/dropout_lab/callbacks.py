@@ -14,7 +14,11 @@ import lightning as L
 from lightning.pytorch.loggers import TensorBoardLogger
 
 # The HParams dashboard shows the last value of each of these tags for every run.
-HPARAM_METRICS = ("hp/val_acc_best", "hp/gap_loss", "hp/gap_acc", "hp/test_acc")
+# hp/test_* copy the test metrics, deterministic and with MC dropout (test_mc/, see uncertainty.py).
+TEST_SUMMARY = {
+    f"hp/{loop}_{name}": f"{loop}/{name}" for loop in ("test", "test_mc") for name in ("acc", "nll", "ece", "brier")
+}
+HPARAM_METRICS = ("hp/val_acc_best", "hp/gap_loss", "hp/gap_acc", *TEST_SUMMARY)
 
 LAYOUT = {
     "generalization": {
@@ -49,8 +53,9 @@ class GeneralizationGap(L.Callback):
         pl_module.log_dict(gap | summary, sync_dist=True)
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if "test/acc" in trainer.callback_metrics:
-            pl_module.log("hp/test_acc", trainer.callback_metrics["test/acc"], sync_dist=True)
+        for tag, key in TEST_SUMMARY.items():
+            if key in trainer.callback_metrics:
+                pl_module.log(tag, trainer.callback_metrics[key], sync_dist=True)
 
     def state_dict(self) -> dict:
         return {"val_acc_best": self.val_acc_best}

@@ -1,8 +1,10 @@
 """LightningModules: what a training, validation and test step of a classifier does.
 
-There is no ``.train()``/``.eval()`` call and no ``training=`` flag here: Lightning puts the
+There is no ``.train()``/``.eval()`` call and no ``training=`` flag in a step: Lightning puts the
 network in eval mode around every validation, test and predict loop (and the sanity check)
-and restores train mode afterwards, and CustomDropout follows ``self.training``.
+and restores train mode afterwards, and CustomDropout follows ``self.training``. The one
+exception is Monte Carlo dropout (``mc_samples`` > 1): the test and predict loops' own hooks
+put the dropout layers, and only those, back in training mode; the loops restore every mode.
 """
 
 from collections.abc import Sequence
@@ -14,7 +16,9 @@ from torch import Tensor
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
+from dropout_lab.dropout import CustomDropout
 from dropout_lab.nets import CNN, MLP
+from dropout_lab.uncertainty import calibration_metrics, entropy, mutual_information, update_calibration
 
 
 def stage_metrics(num_classes: int, prefix: str) -> MetricCollection:
@@ -35,17 +39,26 @@ class Classifier(L.LightningModule):
     ``lr``, ``weight_decay`` and ``cosine`` from there.
     """
 
-    def __init__(self, num_classes: int) -> None:
+    def __init__(self, num_classes: int, mc_samples: int = 1) -> None:
         super().__init__()
         # Attribute names, not ModuleDict keys: a key "train" would shadow nn.Module.train.
         self.val_metrics = stage_metrics(num_classes, "val/")
         self.train_eval_metrics = stage_metrics(num_classes, "train_eval/")
-        self.test_metrics = stage_metrics(num_classes, "test/")
+        self.test_loss = MeanMetric()
+        self.test_metrics = calibration_metrics(num_classes, "test/")
+        self.test_mc_metrics = calibration_metrics(num_classes, "test_mc/")
+        # Passes per image of the next test or predict loop; run_test (cli.py) sets 1 for its deterministic loop.
+        self.mc_samples = check_mc_samples(mc_samples)
+        # The inputs' normalization (mean, std per channel), from the DataModule; kept in checkpoints.
+        self.normalization: dict[str, list[float]] | None = None
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
 
     def setup(self, stage: str) -> None:
+        datamodule = self.trainer.datamodule
+        if hasattr(datamodule, "mean") and hasattr(datamodule, "std"):
+            self.normalization = {"mean": list(datamodule.mean), "std": list(datamodule.std)}
         # Under DDP every rank starts from the same seed, which would make every rank draw the
         # same dropout masks. Offset the generator by rank here, after Lightning's own per-rank
         # re-seeding and after the weights were built, so the initial weights stay identical.
@@ -68,11 +81,90 @@ class Classifier(L.LightningModule):
         # evaluated by the same code in eval mode, it is the honest "training" side of the gap.
         self._evaluate(batch, self.val_metrics if dataloader_idx == 0 else self.train_eval_metrics)
 
-    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, self.test_metrics)
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Tensor]:
+        x, y = batch
+        if self.mc_samples == 1:
+            logits = self(x)
+            self.test_loss.update(F.cross_entropy(logits, y), weight=len(y))
+            self.log("test/loss", self.test_loss, on_epoch=True)
+            probs, metrics = logits.softmax(dim=-1), self.test_metrics
+        else:
+            probs, metrics = self.sample_probs(x).mean(dim=0), self.test_mc_metrics
+        update_calibration(metrics, probs, y)
+        self.log_dict(metrics, on_epoch=True)
+        return {"probs": probs, "target": y}  # for UncertaintyFigures
 
-    def predict_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        return self(batch[0]).softmax(dim=-1)
+    def predict_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> dict[str, Tensor]:
+        samples = self.sample_probs(batch[0])
+        probs = samples.mean(dim=0)
+        out = {"probs": probs, "entropy": entropy(probs)}
+        if self.mc_samples > 1:
+            out["mutual_information"] = mutual_information(samples)
+        if len(batch) > 1:  # labelled data; image files have none
+            out["target"] = batch[1]
+        return out
+
+    def sample_probs(self, x: Tensor) -> Tensor:
+        """The softmax of ``mc_samples`` forward passes, shape (passes, batch, classes)."""
+        # One pass per loop iteration: measured against one forward of the batch repeated
+        # mc_samples times (benchmarks/mc_dropout.py), the loop was as fast or faster on the CPU.
+        return torch.stack([self(x).softmax(dim=-1) for _ in range(self.mc_samples)])
+
+    # Monte Carlo dropout. The test and predict loops put every module in eval mode through these
+    # hooks (Lightning #21410), which would silently turn MC dropout into mc_samples equal passes;
+    # the loops capture every module's mode before and write it back after.
+    def on_test_model_eval(self) -> None:
+        super().on_test_model_eval()
+        if self.mc_samples > 1:
+            dropout_layers_on(self)
+
+    def on_predict_model_eval(self) -> None:
+        super().on_predict_model_eval()
+        if self.mc_samples > 1:
+            dropout_layers_on(self)
+
+    @torch.inference_mode()
+    def predict_proba(self, images: Tensor, mc_samples: int | None = None) -> Tensor:
+        """Class probabilities (N, classes) of uint8 images (N, C, H, W) or (N, H, W), on the model's device.
+
+        The images are normalized as in training (the statistics come from the checkpoint) and the
+        network is in eval mode; with ``mc_samples`` > 1 (default: the model's), the mean of that many
+        passes with the dropout layers on. Every module's mode is restored afterwards.
+        """
+        if self.normalization is None:
+            raise ValueError(
+                "predict_proba needs the normalization of the training data, which this model does not have: "
+                "load it from a checkpoint written by train.py, or set model.normalization = {'mean': [...], "
+                "'std': [...]}."
+            )
+        if images.dtype != torch.uint8:
+            raise ValueError(f"predict_proba takes uint8 images (0-255), got {images.dtype}")
+        images = images.unsqueeze(1) if images.dim() == 3 else images
+        mean = torch.tensor(self.normalization["mean"], device=self.device).view(-1, 1, 1)
+        std = torch.tensor(self.normalization["std"], device=self.device).view(-1, 1, 1)
+        x = (images.to(self.device).float() / 255 - mean) / std
+        modes = {module: module.training for module in self.modules()}
+        passes, self.mc_samples = (
+            self.mc_samples,
+            check_mc_samples(self.mc_samples if mc_samples is None else mc_samples),
+        )
+        try:
+            # What the predict loop does, outside a Trainer: eval mode, then the MC dropout hook's choice.
+            self.eval()
+            if self.mc_samples > 1:
+                dropout_layers_on(self)
+            return self.sample_probs(x).mean(dim=0)
+        finally:
+            self.mc_samples = passes
+            for module, training in modes.items():
+                module.training = training  # as Lightning's loops restore modes: no train() call
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self.normalization is not None:
+            checkpoint["normalization"] = self.normalization
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.normalization = checkpoint.get("normalization", self.normalization)
 
     def _logits_and_loss(self, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
         x, y = batch
@@ -94,6 +186,22 @@ class Classifier(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
+def check_mc_samples(mc_samples: int) -> int:
+    if isinstance(mc_samples, bool) or not isinstance(mc_samples, int) or mc_samples < 1:
+        raise ValueError(
+            f"mc_samples is the number of forward passes per image and must be an integer >= 1, got {mc_samples!r}. "
+            "Use 1 for the deterministic eval-mode pass, 10 to 30 for Monte Carlo dropout."
+        )
+    return mc_samples
+
+
+def dropout_layers_on(model: torch.nn.Module) -> None:
+    """Put the CustomDropout and CustomDropout2d layers of ``model`` in training mode, nothing else."""
+    for module in model.modules():
+        if isinstance(module, CustomDropout):  # CustomDropout2d is a subclass
+            module.train()
+
+
 class MLPClassifier(Classifier):
     """A multilayer perceptron with CustomDropout after every hidden layer.
 
@@ -107,6 +215,8 @@ class MLPClassifier(Classifier):
         weight_decay: AdamW decoupled weight decay; 0 isolates the effect of dropout.
         cosine: anneal the learning rate to 0 along a cosine over the whole run.
         compile: compile the network with torch.compile (the first steps are slower while it compiles).
+        mc_samples: forward passes per image in test and predict; above 1, Monte Carlo dropout (the mean
+            of that many passes with the dropout layers on). 1: the deterministic eval-mode pass.
     """
 
     def __init__(
@@ -120,8 +230,9 @@ class MLPClassifier(Classifier):
         weight_decay: float = 0.0,
         cosine: bool = True,
         compile: bool = False,
+        mc_samples: int = 1,
     ) -> None:
-        super().__init__(num_classes)
+        super().__init__(num_classes, mc_samples)
         self.save_hyperparameters(logger=False)  # TensorBoardLayout logs them, with metrics
         self.net = MLP(input_shape, num_classes, hidden, dropout, input_dropout)
         if compile:
@@ -143,6 +254,8 @@ class CNNClassifier(Classifier):
         weight_decay: AdamW decoupled weight decay; 0 isolates the effect of dropout.
         cosine: anneal the learning rate to 0 along a cosine over the whole run.
         compile: compile the network with torch.compile (the first steps are slower while it compiles).
+        mc_samples: forward passes per image in test and predict; above 1, Monte Carlo dropout (the mean
+            of that many passes with the dropout layers on). 1: the deterministic eval-mode pass.
     """
 
     def __init__(
@@ -157,8 +270,9 @@ class CNNClassifier(Classifier):
         weight_decay: float = 0.0,
         cosine: bool = True,
         compile: bool = False,
+        mc_samples: int = 1,
     ) -> None:
-        super().__init__(num_classes)
+        super().__init__(num_classes, mc_samples)
         self.save_hyperparameters(logger=False)  # TensorBoardLayout logs them, with metrics
         self.net = CNN(input_shape, num_classes, channels, hidden, dropout, conv_dropout)
         if compile:

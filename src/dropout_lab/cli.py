@@ -3,6 +3,10 @@
 Every argument of the model, the DataModule and the Trainer is a flag (``--model.dropout=0.3``),
 read from the classes' signatures and docstrings; YAML files in configs/ only set those flags.
 
+``python train.py fit|validate|test|predict`` are LightningCLI's subcommands; for validate, test and
+predict the model's and the DataModule's classes and arguments come from ``--ckpt_path``'s checkpoint,
+and flags on the command line override them.
+
 Bad input stops the run before anything is written, with one message that says what is wrong
 and what to do: a mistyped key gets the closest valid one, an error raised in a class's
 ``__init__`` is shown as it was raised (not inside jsonargparse's longer Union message).
@@ -10,8 +14,10 @@ and what to do: a mistyped key gets the closest valid one, an error raised in a 
 
 import difflib
 import inspect
+import json
 import os
 import re
+import sys
 from pathlib import Path
 
 import lightning as L
@@ -23,15 +29,23 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from dropout_lab.callbacks import GeneralizationGap, TensorBoardLayout
-from dropout_lab.checkpointing import RNGState, check_resumable, find_last_checkpoint
+from dropout_lab.checkpointing import RNGState, check_resumable, check_weights_fit, find_last_checkpoint, load_checked
 from dropout_lab.classifier import Classifier
 from dropout_lab.nan_guard import NaNGuard
+from dropout_lab.prediction import PredictionCSV
+from dropout_lab.uncertainty import UncertaintyFigures
+
+EVALUATE = ("validate", "test", "predict")  # the subcommands that take model and data from the checkpoint
+DEFAULT_DATA = "dropout_lab.MNIST5kDataModule"
 
 
 class DropoutLabCLI(LightningCLI):
     """``python train.py --help`` lists what this parser accepts."""
 
-    def __init__(self, args: list[str] | None = None) -> None:
+    def __init__(self, args: list[str] | None = None, run: bool = False) -> None:
+        """``run=False``: build the classes and parse no subcommand (train.py then fits and tests);
+        ``run=True``: the first argument is a subcommand, which runs."""
+        self.with_subcommands = run
         super().__init__(
             Classifier,
             L.LightningDataModule,
@@ -48,6 +62,7 @@ class DropoutLabCLI(LightningCLI):
                     LearningRateMonitor("step"),
                     RNGState(),
                     NaNGuard(),
+                    UncertaintyFigures(),
                     # last.ckpt at every epoch end, for resuming. Lightning 2.6's save_last writes it
                     # only when the best-model checkpoint above is written, i.e. when val/acc improved.
                     ModelCheckpoint(filename="last", monitor=None, save_top_k=1, enable_version_counter=False),
@@ -56,7 +71,7 @@ class DropoutLabCLI(LightningCLI):
                 "plugins": [{"class_path": "dropout_lab.checkpointing.AtomicCheckpointIO"}],
             },
             parser_class=SuggestingParser,
-            run=False,
+            run=run,
             args=args,
         )
 
@@ -72,15 +87,84 @@ class DropoutLabCLI(LightningCLI):
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults({"checkpoint.monitor": "val/acc", "checkpoint.mode": "max"})
-        parser.add_argument(
-            "--ckpt_path",
-            type=str | None,
-            default=None,
-            help="Resume fitting from this checkpoint; 'last': the newest run's, under --trainer.default_root_dir.",
-        )
+        if not self.with_subcommands:  # the subcommands have the Trainer method's own --ckpt_path
+            parser.add_argument(
+                "--ckpt_path",
+                type=str | None,
+                default=None,
+                help="Resume fitting from this checkpoint; 'last': the newest run's, under --trainer.default_root_dir.",
+            )
+
+    def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs) -> LightningArgumentParser:
+        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        if subcommand == "predict":
+            parser.add_argument(
+                "--output",
+                type=str | None,
+                default=None,
+                help="CSV file of the predictions (folders are created); default: predictions.csv in the run folder.",
+            )
+        return parser
+
+    def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
+        """Parse; for validate, test and predict, parse again with the checkpoint's model and data first."""
+        super().parse_arguments(parser, args)
+        subcommand = self.config.get("subcommand")
+        if subcommand not in EVALUATE:
+            return
+        args = list(sys.argv[1:] if args is None else args)
+        at = args.index(subcommand) + 1
+        try:
+            prefix = self.arguments_from_checkpoint(subcommand)
+        except ValueError as error:
+            parser.exit(2, f"error: {error}\n")
+        self.config = parser.parse_args([*args[:at], *prefix, *args[at:]])
+        self.fill_data_from_checkpoint(subcommand)
+
+    def arguments_from_checkpoint(self, subcommand: str) -> list[str]:
+        """``--model=`` and ``--data=`` as the checkpoint's run had them, to put before the user's flags."""
+        config = self.config[subcommand]
+        if not config.ckpt_path:
+            raise ValueError(
+                f"{subcommand} needs the checkpoint to evaluate: --ckpt_path=lightning_logs/version_N/checkpoints/"
+                "last.ckpt (a run of python train.py)."
+            )
+        if config.ckpt_path == "last":
+            root = Path(config.trainer.default_root_dir or os.getcwd()) / "lightning_logs"
+            config.ckpt_path = str(find_last_checkpoint(root))
+        self.checkpoint = load_checked(config.ckpt_path)
+        if "_class_path" not in self.checkpoint.get("hyper_parameters", {}):
+            raise ValueError(
+                f"--ckpt_path={config.ckpt_path} was not written by this template's train.py (its hyperparameters "
+                "name no model class). Pass a checkpoint from lightning_logs/version_N/checkpoints/."
+            )
+        prefix = ["--model=" + json.dumps(class_and_arguments(self.checkpoint["hyper_parameters"]))]
+        saved_data = self.checkpoint.get("datamodule_hyper_parameters", {})
+        # A DataModule chosen on the command line (--data=ImageFilesDataModule) replaces the checkpoint's.
+        chosen = config.data.class_path if isinstance(config.data, Namespace) else None
+        if "_class_path" in saved_data and import_class(chosen) in (
+            import_class(saved_data["_class_path"]),
+            import_class(DEFAULT_DATA),
+        ):
+            prefix.append("--data=" + json.dumps(class_and_arguments(saved_data)))
+        return prefix
+
+    def fill_data_from_checkpoint(self, subcommand: str) -> None:
+        """Give a DataModule that takes them (ImageFilesDataModule) the model's input shape and normalization."""
+        data = self.config[subcommand].data
+        hparams = self.checkpoint["hyper_parameters"]
+        saved = {**(self.checkpoint.get("normalization") or {}), **hparams}
+        for key in ("input_shape", "num_classes", "mean", "std"):
+            if isinstance(data, Namespace) and key in data.init_args and data.init_args[key] is None:
+                data.init_args[key] = saved.get(key)
+
+    def _parse_ckpt_path(self) -> None:
+        # LightningCLI's own version parses the checkpoint's model arguments *over* the command line
+        # (--model.mc_samples=30 would be lost) and ignores the DataModule's; parse_arguments does both.
+        pass
 
     def before_instantiate_classes(self) -> None:
-        if self.config.ckpt_path == "last":
+        if self.subcommand in (None, "fit") and self._get(self.config, "ckpt_path") == "last":
             self.resume_last_run()
 
     def resume_last_run(self) -> None:
@@ -88,7 +172,8 @@ class DropoutLabCLI(LightningCLI):
 
         Lightning's own ``ckpt_path="last"`` searches only the new run's (empty) folder.
         """
-        trainer = self.config.trainer
+        config = self.config.get(str(self.subcommand), self.config)
+        trainer = config.trainer
         logger = trainer.logger
         if logger is None or logger is True:  # the Trainer's default TensorBoardLogger, made explicit
             logger = trainer.logger = Namespace(
@@ -103,7 +188,7 @@ class DropoutLabCLI(LightningCLI):
         except ValueError as error:
             self.parser.exit(2, f"error: {error}\n")
         run_dir = last.parent.parent
-        self.config.ckpt_path = str(last)
+        config.ckpt_path = str(last)
         args.version = int(run_dir.name[len("version_") :]) if run_dir.name.startswith("version_") else run_dir.name
         # SaveConfigCallback refuses to overwrite the first run's config.yaml; keep one per resume.
         resumes = len(list(run_dir.glob("config_resume_*.yaml")))
@@ -112,16 +197,52 @@ class DropoutLabCLI(LightningCLI):
 
     def instantiate_classes(self) -> None:
         try:
-            check_cuda_requested(self.config.trainer.accelerator)
+            check_cuda_requested(self._get(self.config, "trainer").accelerator)
             super().instantiate_classes()
             check_cpu_processes(self.trainer)
-            if self.config.ckpt_path:
-                check_resumable(self.config.ckpt_path, self.model, self.datamodule)
+            ckpt_path = self._get(self.config, "ckpt_path")
+            if ckpt_path and self.subcommand in EVALUATE:
+                check_weights_fit(ckpt_path, self.checkpoint, self.model)
+            elif ckpt_path:
+                check_resumable(ckpt_path, self.model, self.datamodule)
         except (ValueError, MisconfigurationException) as error:
             cause = innermost(error)
             if not isinstance(cause, (ValueError, MisconfigurationException)):
                 raise  # not a complaint about the arguments: a bug, keep its traceback
             self.parser.exit(2, f"error: {cause}\n")
+
+    def test(self, model: L.LightningModule, datamodule: L.LightningDataModule, **kwargs) -> None:
+        run_test(self.trainer, model, datamodule, kwargs.get("ckpt_path"))
+
+    def before_predict(self) -> None:
+        self.trainer.callbacks.append(PredictionCSV(self.config.predict.output))
+
+
+def run_test(trainer: L.Trainer, model: L.LightningModule, datamodule: L.LightningDataModule, ckpt_path) -> None:
+    """Test: the deterministic pass (test/*), then with ``mc_samples`` > 1 MC dropout (test_mc/*).
+
+    Two loops, because the MC loop has the dropout layers on for all of it (on_test_model_eval) and
+    no step switches modes by hand; both log into the same run, side by side.
+    """
+    samples = getattr(model, "mc_samples", 1)
+    model.mc_samples = 1
+    try:
+        trainer.test(model, datamodule, ckpt_path=ckpt_path)
+        if samples > 1:
+            model.mc_samples = samples
+            trainer.test(model, datamodule, ckpt_path=ckpt_path)
+    finally:
+        model.mc_samples = samples
+
+
+def class_and_arguments(hparams: dict) -> dict:
+    """A checkpoint's saved hyperparameters as ``{"class_path", "init_args"}`` for ``--model=``/``--data=``."""
+    class_path = hparams["_class_path"]
+    accepted = init_parameters(class_path)
+    # input_shape and num_classes are linked from the data; arguments the class no longer takes are left out.
+    skipped = {"input_shape", "num_classes"}
+    init_args = {key: value for key, value in hparams.items() if key in accepted and key not in skipped}
+    return {"class_path": class_path, "init_args": init_args}
 
 
 def innermost(error: BaseException) -> BaseException:
@@ -196,9 +317,14 @@ def unknown_keys(message: str, parser: LightningArgumentParser) -> list[tuple[st
 
 
 def init_parameters(class_path: str) -> list[str]:
+    return [p for p in inspect.signature(import_class(class_path)).parameters if p not in ("args", "kwargs")]
+
+
+def import_class(class_path: str | None) -> type | None:
+    if not class_path:
+        return None
     module, _, name = class_path.rpartition(".")
-    cls = getattr(__import__(module, fromlist=[name]), name)
-    return [p for p in inspect.signature(cls).parameters if p not in ("args", "kwargs")]
+    return getattr(__import__(module, fromlist=[name]), name)
 
 
 def closest(key: str, candidates: list[str]) -> str | None:
