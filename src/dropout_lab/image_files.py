@@ -1,6 +1,7 @@
 """Your own images (PNG, JPEG) as a DataModule for ``python train.py predict``.
 
-    python train.py predict --ckpt_path=RUN/checkpoints/last.ckpt --data=ImageFilesDataModule --data.paths='my_digits/*.png'
+    python train.py predict --ckpt_path=RUN/checkpoints/last.ckpt \\
+        --data=ImageFilesDataModule --data.paths='my_digits/*.png'
 
 The images are converted to the model's input shape and normalized with the statistics of the
 data it was trained on; ``train.py predict`` fills both from the checkpoint. MNIST digits are

@@ -74,7 +74,7 @@ class UncertaintyFigures(L.Callback):
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self.batches:
             return
-        probs, target = (torch.cat(parts) for parts in zip(*self.batches))
+        probs, target = (torch.cat(parts) for parts in zip(*self.batches, strict=True))
         self.batches = []
         samples = getattr(pl_module, "mc_samples", 1)
         self.results["deterministic" if samples == 1 else f"MC dropout, N = {samples}"] = (probs, target)
@@ -113,7 +113,8 @@ def entropy_histograms(results: dict[str, tuple[Tensor, Tensor]]):
     from matplotlib.figure import Figure
 
     figure = Figure(figsize=(5 * len(results), 4))
-    for axes, (label, (probs, target)) in zip(figure.subplots(1, len(results), squeeze=False)[0], results.items()):
+    panels = figure.subplots(1, len(results), squeeze=False)[0]
+    for axes, (label, (probs, target)) in zip(panels, results.items(), strict=True):
         right = probs.argmax(dim=-1) == target
         values = entropy(probs)
         bins = torch.linspace(0, max(values.max().item(), 1e-3), 31).numpy()
