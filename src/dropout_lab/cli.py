@@ -141,11 +141,9 @@ class DropoutLabCLI(LightningCLI):
         prefix = ["--model=" + json.dumps(class_and_arguments(self.checkpoint["hyper_parameters"]))]
         saved_data = self.checkpoint.get("datamodule_hyper_parameters", {})
         # A DataModule chosen on the command line (--data=ImageFilesDataModule) replaces the checkpoint's.
-        chosen = config.data.class_path if isinstance(config.data, Namespace) else None
-        if "_class_path" in saved_data and import_class(chosen) in (
-            import_class(saved_data["_class_path"]),
-            import_class(DEFAULT_DATA),
-        ):
+        chosen = import_class(config.data.class_path) if isinstance(config.data, Namespace) else None
+        saved_class = import_class(saved_data.get("_class_path"))
+        if saved_class is not None and chosen in (saved_class, import_class(DEFAULT_DATA)):
             prefix.append("--data=" + json.dumps(class_and_arguments(saved_data)))
         return prefix
 
