@@ -213,7 +213,10 @@ class DropoutLabCLI(LightningCLI):
         run_test(self.trainer, model, datamodule, kwargs.get("ckpt_path"))
 
     def before_predict(self) -> None:
-        self.trainer.callbacks.append(PredictionCSV(self.config.predict.output))
+        output = self.config.predict.output
+        if output and Path(output).is_dir():  # checked before the run folder is made and any work is done
+            self.parser.exit(2, f"error: --output={output} is a folder: give a file, e.g. {Path(output) / 'p.csv'}\n")
+        self.trainer.callbacks.append(PredictionCSV(output))
 
 
 def run_test(trainer: L.Trainer, model: L.LightningModule, datamodule: L.LightningDataModule, ckpt_path) -> None:
