@@ -4,24 +4,37 @@ python train.py                                      # MLP on the 5,000 embedded
 python train.py --model=CNNClassifier --model.dropout=0.3
 python train.py --config configs/cnn_mnist5k.yaml --trainer.max_epochs=3
 python train.py --help                               # the flags; --model.help CNNClassifier: one class's
+
+After training, LightningCLI's subcommands (model and data come from the checkpoint):
+python train.py test --ckpt_path=lightning_logs/version_0/checkpoints/last.ckpt --model.mc_samples=30
+python train.py predict --ckpt_path=... --output=predictions.csv     # also validate, and fit
 """
+
+import sys
 
 import torch
 from lightning.pytorch import Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from dropout_lab.cli import DropoutLabCLI
+from dropout_lab.cli import DropoutLabCLI, run_test
+
+SUBCOMMANDS = ("fit", "validate", "test", "predict")
 
 
 def main(args: list[str] | None = None) -> None:
-    cli = DropoutLabCLI(args)
-    trainer = cli.trainer
-    trainer.fit(cli.model, cli.datamodule, ckpt_path=cli.config.ckpt_path)
-    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-    if not best and trainer.is_global_zero:
-        why = "checkpointing is off" if trainer.checkpoint_callback is None else "no checkpoint was written"
-        print(f"Testing the final weights: {why}, so there is no best checkpoint to test.")
-    trainer.test(cli.model, cli.datamodule, ckpt_path=best or None)
+    argv = sys.argv[1:] if args is None else args
+    if argv and argv[0] in SUBCOMMANDS:
+        cli = DropoutLabCLI(args, run=True)  # LightningCLI runs the subcommand
+        trainer = cli.trainer
+    else:
+        cli = DropoutLabCLI(args)
+        trainer = cli.trainer
+        trainer.fit(cli.model, cli.datamodule, ckpt_path=cli.config.ckpt_path)
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        if not best and trainer.is_global_zero:
+            why = "checkpointing is off" if trainer.checkpoint_callback is None else "no checkpoint was written"
+            print(f"Testing the final weights: {why}, so there is no best checkpoint to test.")
+        run_test(trainer, cli.model, cli.datamodule, ckpt_path=best or None)
     log_dir = trainer.log_dir  # a collective under DDP: every rank must ask
     if trainer.is_global_zero:
         print_where_the_run_is(trainer, log_dir)

@@ -10,6 +10,8 @@ from dropout_lab.data import (
     MNISTDataModule,
 )
 from dropout_lab.dropout import CustomDropout, CustomDropout2d
+from dropout_lab.image_files import ImageFilesDataModule
+from dropout_lab.prediction import load_classifier
 
 __all__ = [
     "CIFAR10DataModule",
@@ -19,9 +21,11 @@ __all__ = [
     "CustomDropout2d",
     "FashionMNISTDataModule",
     "GeneralizationGap",
+    "ImageFilesDataModule",
     "InMemoryDataModule",
     "MLPClassifier",
     "MNIST5kDataModule",
     "MNISTDataModule",
     "TensorBoardLayout",
+    "load_classifier",
 ]

@@ -14,7 +14,11 @@ import lightning as L
 from lightning.pytorch.loggers import TensorBoardLogger
 
 # The HParams dashboard shows the last value of each of these tags for every run.
-HPARAM_METRICS = ("hp/val_acc_best", "hp/gap_loss", "hp/gap_acc", "hp/test_acc")
+# hp/test_* copy the test metrics, deterministic and with MC dropout (test_mc/, see uncertainty.py).
+TEST_SUMMARY = {
+    f"hp/{loop}_{name}": f"{loop}/{name}" for loop in ("test", "test_mc") for name in ("acc", "nll", "ece", "brier")
+}
+HPARAM_METRICS = ("hp/val_acc_best", "hp/gap_loss", "hp/gap_acc", *TEST_SUMMARY)
 
 LAYOUT = {
     "generalization": {
@@ -49,12 +53,15 @@ class GeneralizationGap(L.Callback):
         pl_module.log_dict(gap | summary, sync_dist=True)
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # Straight to the loggers, not self.log: the printed test table would show test/acc twice.
-        # The value is already reduced over ranks; loggers write on rank 0 only.
-        if "test/acc" in trainer.callback_metrics:
-            test_acc = trainer.callback_metrics["test/acc"].item()
-            for logger in trainer.loggers:
-                logger.log_metrics({"hp/test_acc": test_acc}, step=trainer.global_step)
+        # Straight to the loggers, not self.log: the printed test table would show each value twice.
+        # The values are already reduced over ranks; loggers write on rank 0 only.
+        summary = {
+            tag: trainer.callback_metrics[key].item()
+            for tag, key in TEST_SUMMARY.items()
+            if key in trainer.callback_metrics
+        }
+        for logger in trainer.loggers:
+            logger.log_metrics(summary, step=trainer.global_step)
 
     def state_dict(self) -> dict:
         return {"val_acc_best": self.val_acc_best}

@@ -173,6 +173,19 @@ def check_resumable(path: str | Path, model: L.LightningModule, datamodule: L.Li
 
     Done before the Trainer writes anything, so a mistyped path leaves no empty run behind.
     """
+    checkpoint = load_checked(path)
+    check_weights_fit(path, checkpoint, model)
+    _check_same_hparams("data", checkpoint.get("datamodule_hyper_parameters"), datamodule)
+    if not checkpoint["loops"].get("fit_loop", {}).get("epoch_loop.batch_progress", {}).get("is_last_batch", True):
+        rank_zero_warn(
+            f"--ckpt_path={path} was written in the middle of epoch {checkpoint.get('epoch')} (global step "
+            f"{checkpoint.get('global_step')}): the resumed run goes on from there on other batches than the run "
+            "that wrote it would have seen. Resume from last.ckpt, written at every epoch end, to continue exactly."
+        )
+
+
+def load_checked(path: str | Path) -> dict:
+    """The checkpoint at ``path``, or a ValueError saying why it is not a loadable Lightning checkpoint."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"--ckpt_path={path}: no such file. Pass an existing .ckpt file, or --ckpt_path=last.")
@@ -185,9 +198,13 @@ def check_resumable(path: str | Path, model: L.LightningModule, datamodule: L.Li
             f"--ckpt_path={path} cannot be loaded: it is truncated, corrupt, not a checkpoint, or holds objects "
             f"that would run code when unpickled (only tensors and plain values are loaded). torch says: {reason}"
         ) from None  # the reason is in the message; the CLI shows it as one line
-    if "state_dict" not in checkpoint or "loops" not in checkpoint:
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "loops" not in checkpoint:
         raise ValueError(f"--ckpt_path={path} is not a Lightning training checkpoint (no state_dict or loop state).")
+    return checkpoint
 
+
+def check_weights_fit(path: str | Path, checkpoint: dict, model: L.LightningModule) -> None:
+    """A ValueError listing the weights of ``checkpoint`` that are missing from ``model`` or of another shape."""
     expected = {key: tuple(value.shape) for key, value in model.state_dict().items()}
     found = {key: tuple(value.shape) for key, value in checkpoint["state_dict"].items()}
     problems = [f"missing {key}" for key in expected if key not in found]
@@ -202,14 +219,7 @@ def check_resumable(path: str | Path, model: L.LightningModule, datamodule: L.Li
         shown = "; ".join(problems[:6]) + (f"; ... ({len(problems)} in all)" if len(problems) > 6 else "")
         raise ValueError(
             f"--ckpt_path={path} holds weights of {saved_class} that do not fit this {type(model).__name__}: "
-            f"{shown}. Resume with the model and arguments that wrote it (see config.yaml beside it)."
-        )
-    _check_same_hparams("data", checkpoint.get("datamodule_hyper_parameters"), datamodule)
-    if not checkpoint["loops"].get("fit_loop", {}).get("epoch_loop.batch_progress", {}).get("is_last_batch", True):
-        rank_zero_warn(
-            f"--ckpt_path={path} was written in the middle of epoch {checkpoint.get('epoch')} (global step "
-            f"{checkpoint.get('global_step')}): the resumed run goes on from there on other batches than the run "
-            "that wrote it would have seen. Resume from last.ckpt, written at every epoch end, to continue exactly."
+            f"{shown}. Use the model and arguments that wrote it (see config.yaml beside it)."
         )
 
 

@@ -3,6 +3,10 @@
 Every argument of the model, the DataModule and the Trainer is a flag (``--model.dropout=0.3``),
 read from the classes' signatures and docstrings; YAML files in configs/ only set those flags.
 
+``python train.py fit|validate|test|predict`` are LightningCLI's subcommands; for validate, test and
+predict the model's and the DataModule's classes and arguments come from ``--ckpt_path``'s checkpoint,
+and flags on the command line override them.
+
 Bad input stops the run before anything is written, with one message that says what is wrong
 and what to do: a mistyped key gets the closest valid one, an unknown class name the closest of this
 package's classes and the list of them, an error raised in a class's ``__init__`` is shown as it was
@@ -11,6 +15,7 @@ raised (not inside jsonargparse's longer Union message).
 
 import difflib
 import inspect
+import json
 import logging
 import os
 import re
@@ -28,9 +33,21 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from dropout_lab.callbacks import GeneralizationGap, TensorBoardLayout
-from dropout_lab.checkpointing import RNGState, check_resumable, find_last_checkpoint, safe_load
+from dropout_lab.checkpointing import (
+    RNGState,
+    check_resumable,
+    check_weights_fit,
+    find_last_checkpoint,
+    load_checked,
+    safe_load,
+)
 from dropout_lab.classifier import Classifier
 from dropout_lab.nan_guard import NaNGuard
+from dropout_lab.prediction import PredictionCSV
+from dropout_lab.uncertainty import UncertaintyFigures
+
+EVALUATE = ("validate", "test", "predict")  # the subcommands that take model and data from the checkpoint
+DEFAULT_DATA = "dropout_lab.MNIST5kDataModule"
 
 DEFAULT_ROOT_DIR = "<trainer.default_root_dir>"  # a logger's save_dir placeholder, see with_logger_save_dir
 USAGE = "python train.py [--config FILE] [--model CLASS] [--model.ARG VALUE] [--data CLASS] [--trainer.ARG VALUE] ..."
@@ -53,7 +70,10 @@ warnings.filterwarnings("ignore", r"`isinstance\(treespec, LeafSpec\)` is deprec
 class DropoutLabCLI(LightningCLI):
     """``python train.py --help`` lists what this parser accepts."""
 
-    def __init__(self, args: list[str] | None = None) -> None:
+    def __init__(self, args: list[str] | None = None, run: bool = False) -> None:
+        """``run=False``: build the classes and parse no subcommand (train.py then fits and tests);
+        ``run=True``: the first argument is a subcommand, which runs."""
+        self.with_subcommands = run
         super().__init__(
             Classifier,
             L.LightningDataModule,
@@ -74,6 +94,7 @@ class DropoutLabCLI(LightningCLI):
                     LearningRateMonitor("step"),
                     RNGState(),
                     NaNGuard(),
+                    UncertaintyFigures(),
                     # last.ckpt at every epoch end, for resuming. Lightning 2.6's save_last writes it
                     # only when the best-model checkpoint above is written, i.e. when val/acc improved;
                     # and by default after validation, which val_check_interval and
@@ -90,7 +111,7 @@ class DropoutLabCLI(LightningCLI):
                 "plugins": [{"class_path": "dropout_lab.checkpointing.AtomicCheckpointIO"}],
             },
             parser_class=SuggestingParser,
-            run=False,
+            run=run,
             args=args,
         )
 
@@ -107,16 +128,75 @@ class DropoutLabCLI(LightningCLI):
         count_batches_as_int(parser)
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults({"checkpoint.monitor": "val/acc", "checkpoint.mode": "max"})
-        parser.add_argument(
-            "--ckpt_path",
-            type=str | None,
-            default=None,
-            help="Resume fitting from this checkpoint; 'last': the newest run's, under --trainer.default_root_dir; "
-            "'auto': the same if there is one, else start a new run (one command for the first start and restarts).",
-        )
+        if not self.with_subcommands:  # the subcommands have the Trainer method's own --ckpt_path
+            parser.add_argument(
+                "--ckpt_path",
+                type=str | None,
+                default=None,
+                help="Resume fitting from this checkpoint; 'last': the newest run's, under --trainer.default_root_dir; "
+                "'auto': the same if there is one, else start a new run (one command for the first start and "
+                "every restart).",
+            )
+
+    def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs) -> LightningArgumentParser:
+        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        if subcommand == "predict":
+            parser.add_argument(
+                "--output",
+                type=str | None,
+                default=None,
+                help="CSV file of the predictions (folders are created); default: predictions.csv in the run folder.",
+            )
+        return parser
+
+    def arguments_from_checkpoint(self, subcommand: str) -> list[str]:
+        """``--model=`` and ``--data=`` as the checkpoint's run had them, to put before the user's flags."""
+        config = self.config[subcommand]
+        if not config.ckpt_path:
+            raise ValueError(
+                f"{subcommand} needs the checkpoint to evaluate: --ckpt_path=lightning_logs/version_N/checkpoints/"
+                "last.ckpt (a run of python train.py)."
+            )
+        if config.ckpt_path == "last":
+            root = Path(config.trainer.default_root_dir or os.getcwd()) / "lightning_logs"
+            config.ckpt_path = str(find_last_checkpoint(root))
+        self.checkpoint = load_checked(config.ckpt_path)
+        if "_class_path" not in self.checkpoint.get("hyper_parameters", {}):
+            raise ValueError(
+                f"--ckpt_path={config.ckpt_path} was not written by this template's train.py (its hyperparameters "
+                "name no model class). Pass a checkpoint from lightning_logs/version_N/checkpoints/."
+            )
+        prefix = ["--model=" + json.dumps(class_and_arguments(self.checkpoint["hyper_parameters"]))]
+        saved_data = self.checkpoint.get("datamodule_hyper_parameters", {})
+        # A DataModule chosen on the command line (--data=ImageFilesDataModule) replaces the checkpoint's.
+        chosen = import_class(config.data.class_path) if isinstance(config.data, Namespace) else None
+        saved_class = import_class(saved_data.get("_class_path"))
+        if saved_class is not None and chosen in (saved_class, import_class(DEFAULT_DATA)):
+            prefix.append("--data=" + json.dumps(class_and_arguments(saved_data)))
+        return prefix
+
+    def fill_data_from_checkpoint(self, subcommand: str) -> None:
+        """Give a DataModule that takes them (ImageFilesDataModule) the model's input shape and normalization."""
+        data = self.config[subcommand].data
+        hparams = self.checkpoint["hyper_parameters"]
+        saved = {**(self.checkpoint.get("normalization") or {}), **hparams}
+        for key in ("input_shape", "num_classes", "mean", "std"):
+            if isinstance(data, Namespace) and key in data.init_args and data.init_args[key] is None:
+                data.init_args[key] = saved.get(key)
+
+    def _parse_ckpt_path(self) -> None:
+        # LightningCLI's own version parses the checkpoint's model arguments *over* the command line
+        # (--model.mc_samples=30 would be lost) and ignores the DataModule's; parse_arguments does both.
+        pass
+
+    @property
+    def run_config(self) -> Namespace:
+        """This run's settings: the subcommand's section of the config, or all of it without a subcommand."""
+        return self.config[self.subcommand] if self.subcommand else self.config
 
     def parse_arguments(self, parser: LightningArgumentParser, args: list[str] | None) -> None:
-        argv = sys.argv[1:] if args is None else args if isinstance(args, list) else []
+        """Parse; for validate, test and predict, parse again with the checkpoint's model and data first."""
+        argv = list(sys.argv[1:] if args is None else args if isinstance(args, list) else [])
         for section, base in (("model", Classifier), ("data", L.LightningDataModule)):
             # Without a class name jsonargparse would show the base class: the abstract Classifier, whose
             # only flag is num_classes, as if it were the model to use.
@@ -128,29 +208,38 @@ class DropoutLabCLI(LightningCLI):
                     f"(for example: python train.py --{section}.help {names[-1]})."
                 )
                 parser.exit(0)
-        amended = with_logger_save_dir(argv)
-        if amended is argv:
-            super().parse_arguments(parser, args)
-        else:  # as LightningCLI parses a list, without its warning about args given beside sys.argv
-            self.config = parser.parse_args(amended)
+        argv = with_logger_save_dir(argv)
+        # As LightningCLI parses a list, without its warning about args given beside sys.argv.
+        self.config = parser.parse_args(argv)
+        subcommand = self.config.get("subcommand")
+        if subcommand not in EVALUATE:
+            return
+        at = argv.index(subcommand) + 1
+        try:
+            prefix = self.arguments_from_checkpoint(subcommand)
+        except ValueError as error:
+            parser.exit(2, f"error: {error}\n")
+        self.config = parser.parse_args([*argv[:at], *prefix, *argv[at:]])
+        self.fill_data_from_checkpoint(subcommand)
 
     def before_instantiate_classes(self) -> None:
-        logger = self.config.trainer.logger
+        config = self.run_config
+        logger = config.trainer.logger
         if isinstance(logger, Namespace) and logger.init_args.get("save_dir") == DEFAULT_ROOT_DIR:
-            logger.init_args.save_dir = self.config.trainer.default_root_dir or os.getcwd()
-        if self.config.ckpt_path in ("last", "auto"):
+            logger.init_args.save_dir = config.trainer.default_root_dir or os.getcwd()
+        if self.subcommand in (None, "fit") and config.ckpt_path in ("last", "auto"):
             self.resume_last_run()
         self.leave_out_callbacks_without_use()
 
     def leave_out_callbacks_without_use(self) -> None:
         """Drop the default callbacks that the Trainer's flags leave nothing to do (and that it would refuse)."""
-        trainer = self.config.trainer
+        trainer = self.run_config.trainer
         callbacks = self.trainer_defaults["callbacks"]
         if trainer.logger is False:  # LearningRateMonitor raises without a logger
             callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
         if trainer.enable_checkpointing is False:  # the Trainer refuses a ModelCheckpoint then
             callbacks = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
-            self.parser.callback_keys.remove("checkpoint")  # the --checkpoint.* one
+            self._parser(self.subcommand).callback_keys.remove("checkpoint")  # the --checkpoint.* one
         self.trainer_defaults = {**self.trainer_defaults, "callbacks": callbacks}
 
     def resume_last_run(self) -> None:
@@ -159,8 +248,9 @@ class DropoutLabCLI(LightningCLI):
         Lightning's own ``ckpt_path="last"`` searches only the new run's (empty) folder.
         With ``auto``, finding none starts a new run instead of stopping.
         """
-        auto = self.config.ckpt_path == "auto"
-        trainer = self.config.trainer
+        config = self.run_config
+        auto = config.ckpt_path == "auto"
+        trainer = config.trainer
         logger = trainer.logger
         if logger is None or logger is True:  # the Trainer's default TensorBoardLogger, made explicit
             logger = trainer.logger = Namespace(
@@ -168,7 +258,7 @@ class DropoutLabCLI(LightningCLI):
                 init_args=Namespace(save_dir=trainer.default_root_dir or os.getcwd()),
             )
         if not (isinstance(logger, Namespace) and logger.class_path.endswith("TensorBoardLogger")):
-            flag = f"--ckpt_path={self.config.ckpt_path}"
+            flag = f"--ckpt_path={config.ckpt_path}"
             self.parser.error(f"{flag} finds runs through the TensorBoard logger; pass the checkpoint's path.")
         args = logger.init_args
         root = Path(args.save_dir) / (args.get("name") or "lightning_logs")
@@ -176,12 +266,12 @@ class DropoutLabCLI(LightningCLI):
             last = find_last_checkpoint(root)
         except ValueError as error:
             if auto:
-                self.config.ckpt_path = None
+                config.ckpt_path = None
                 print(f"--ckpt_path=auto: no last.ckpt under {root}/*/checkpoints/, starting a new run")
                 return
             self.parser.exit(2, f"error: {error}\n")
         run_dir = last.parent.parent
-        self.config.ckpt_path = str(last)
+        config.ckpt_path = str(last)
         args.version = int(run_dir.name[len("version_") :]) if run_dir.name.startswith("version_") else run_dir.name
         # The stopped process may have logged steps after that checkpoint, which the resumed run logs again:
         # SummaryWriter's purge_step makes TensorBoard drop the stopped process's points from that step on.
@@ -196,16 +286,55 @@ class DropoutLabCLI(LightningCLI):
 
     def instantiate_classes(self) -> None:
         try:
-            check_cuda_requested(self.config.trainer.accelerator)
+            check_cuda_requested(self._get(self.config, "trainer").accelerator)
             super().instantiate_classes()
             check_cpu_processes(self.trainer)
-            if self.config.ckpt_path:
-                check_resumable(self.config.ckpt_path, self.model, self.datamodule)
+            ckpt_path = self._get(self.config, "ckpt_path")
+            if ckpt_path and self.subcommand in EVALUATE:
+                check_weights_fit(ckpt_path, self.checkpoint, self.model)
+            elif ckpt_path:
+                check_resumable(ckpt_path, self.model, self.datamodule)
         except (ValueError, MisconfigurationException) as error:
             cause = innermost(error)
             if not isinstance(cause, (ValueError, MisconfigurationException)):
                 raise  # not a complaint about the arguments: a bug, keep its traceback
             self.parser.exit(2, f"error: {cause}\n")
+
+    def test(self, model: L.LightningModule, datamodule: L.LightningDataModule, **kwargs) -> None:
+        run_test(self.trainer, model, datamodule, kwargs.get("ckpt_path"))
+
+    def before_predict(self) -> None:
+        output = self.config.predict.output
+        if output and Path(output).is_dir():  # checked before the run folder is made and any work is done
+            self.parser.exit(2, f"error: --output={output} is a folder: give a file, e.g. {Path(output) / 'p.csv'}\n")
+        self.trainer.callbacks.append(PredictionCSV(output))
+
+
+def run_test(trainer: L.Trainer, model: L.LightningModule, datamodule: L.LightningDataModule, ckpt_path) -> None:
+    """Test: the deterministic pass (test/*), then with ``mc_samples`` > 1 MC dropout (test_mc/*).
+
+    Two loops, because the MC loop has the dropout layers on for all of it (on_test_model_eval) and
+    no step switches modes by hand; both log into the same run, side by side.
+    """
+    samples = getattr(model, "mc_samples", 1)
+    model.mc_samples = 1
+    try:
+        trainer.test(model, datamodule, ckpt_path=ckpt_path)
+        if samples > 1:
+            model.mc_samples = samples
+            trainer.test(model, datamodule, ckpt_path=ckpt_path)
+    finally:
+        model.mc_samples = samples
+
+
+def class_and_arguments(hparams: dict) -> dict:
+    """A checkpoint's saved hyperparameters as ``{"class_path", "init_args"}`` for ``--model=``/``--data=``."""
+    class_path = hparams["_class_path"]
+    accepted = init_parameters(class_path)
+    # input_shape and num_classes are linked from the data; arguments the class no longer takes are left out.
+    skipped = {"input_shape", "num_classes"}
+    init_args = {key: value for key, value in hparams.items() if key in accepted and key not in skipped}
+    return {"class_path": class_path, "init_args": init_args}
 
 
 def count_batches_as_int(parser: LightningArgumentParser) -> None:
@@ -339,9 +468,14 @@ def runs_with_defaults(cls: type) -> bool:
 
 
 def init_parameters(class_path: str) -> list[str]:
+    return [p for p in inspect.signature(import_class(class_path)).parameters if p not in ("args", "kwargs")]
+
+
+def import_class(class_path: str | None) -> type | None:
+    if not class_path:
+        return None
     module, _, name = class_path.rpartition(".")
-    cls = getattr(__import__(module, fromlist=[name]), name)
-    return [p for p in inspect.signature(cls).parameters if p not in ("args", "kwargs")]
+    return getattr(__import__(module, fromlist=[name]), name)
 
 
 def closest(key: str, candidates: list[str]) -> str | None:

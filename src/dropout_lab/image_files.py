@@ -1,0 +1,120 @@
+"""Your own images (PNG, JPEG) as a DataModule for ``python train.py predict``.
+
+    python train.py predict --ckpt_path=RUN/checkpoints/last.ckpt \\
+        --data=ImageFilesDataModule --data.paths='my_digits/*.png'
+
+The images are converted to the model's input shape and normalized with the statistics of the
+data it was trained on; ``train.py predict`` fills both from the checkpoint. MNIST digits are
+light strokes on a dark background: a digit written in dark ink on white paper needs ``invert``.
+"""
+
+import glob
+from collections.abc import Sequence
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+from torchvision.io import ImageReadMode, decode_image
+from torchvision.transforms.v2.functional import resize
+
+EXTENSIONS = (".png", ".jpg", ".jpeg")
+
+
+class ImageFilesDataModule(L.LightningDataModule):
+    """Image files to predict: a glob, a folder or a list of them; files are taken in sorted order.
+
+    Args:
+        paths: a glob ('my_digits/*.png'), a folder (its .png, .jpg and .jpeg files) or a list of these.
+            The CSV's ``index`` column is a file's position in their sorted list (printed by predict).
+        invert: invert the pixels (255 - value): for dark ink on light paper with a model trained on MNIST,
+            whose digits are light on a dark background.
+        batch_size: images per batch.
+        input_shape: (channels, height, width) the images are converted to; default: the checkpoint's model's.
+        num_classes: number of classes; default: the checkpoint's model's.
+        mean: per-channel mean of the training data (pixels in [0, 1]); default: from the checkpoint.
+        std: per-channel standard deviation of the training data; default: from the checkpoint.
+    """
+
+    def __init__(
+        self,
+        paths: str | list[str],
+        invert: bool = False,
+        batch_size: int = 64,
+        input_shape: Sequence[int] | None = None,
+        num_classes: int | None = None,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+    ) -> None:
+        super().__init__()
+        missing = [name for name, value in [("input_shape", input_shape), ("mean", mean), ("std", std)] if not value]
+        if missing:
+            raise ValueError(
+                f"ImageFilesDataModule needs {', '.join(missing)}: train.py predict takes them from the checkpoint, "
+                "which has none (it was written before checkpoints carried them). Pass --data.input_shape, "
+                "--data.mean and --data.std of the training data."
+            )
+        self.save_hyperparameters(logger=False)
+        self.input_shape = tuple(input_shape)
+        self.num_classes = num_classes
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.files = find_images(paths)
+        # Decoded now, so that a file that cannot be read stops the run before anything is written.
+        self.images = torch.stack([read_image(path, self.input_shape, invert) for path in self.files])
+
+    def predict_dataloader(self) -> DataLoader:
+        dataset = NormalizedImages(self.images, self.mean, self.std)
+        return DataLoader(dataset, batch_size=self.hparams.batch_size, collate_fn=lambda batch: batch)
+
+
+def find_images(paths: str | list[str]) -> list[Path]:
+    """The image files that ``paths`` names, sorted; a ValueError if a pattern or folder gives none."""
+    found: set[Path] = set()
+    for pattern in [paths] if isinstance(paths, str) else paths:
+        if Path(pattern).is_dir():
+            matches = [p for p in Path(pattern).iterdir() if p.suffix.lower() in EXTENSIONS]
+        else:
+            matches = [Path(p) for p in glob.glob(pattern, recursive=True) if Path(p).is_file()]
+        if not matches:
+            raise ValueError(
+                f"--data.paths={pattern!r} names no image file: give a glob ('my_digits/*.png'), a folder of "
+                f"{', '.join(EXTENSIONS)} files, or a list of them."
+            )
+        found.update(matches)
+    return sorted(found)
+
+
+def read_image(path: Path, input_shape: tuple[int, ...], invert: bool) -> Tensor:
+    """A file as uint8 (channels, height, width) of ``input_shape``; a ValueError naming the file if unreadable."""
+    channels, height, width = input_shape
+    mode = ImageReadMode.GRAY if channels == 1 else ImageReadMode.RGB
+    try:
+        image = decode_image(str(path), mode=mode)
+    except (RuntimeError, OSError, ValueError) as error:
+        reason = " ".join(str(error).split()).rstrip(".")
+        raise ValueError(
+            f"cannot read the image {path}: {reason}. Remove it or pass only PNG and JPEG files."
+        ) from None
+    if image.shape[0] != channels:
+        raise ValueError(f"{path} has {image.shape[0]} channels, the model takes {channels}")
+    image = resize(image, [height, width], antialias=True)
+    return 255 - image if invert else image
+
+
+class NormalizedImages(Dataset):
+    """uint8 images served as normalized float batches of one tensor, ``(images,)``: no labels."""
+
+    def __init__(self, images: Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+        self.images = images
+        self.mean = torch.tensor(mean).view(-1, 1, 1)
+        self.std = torch.tensor(std).view(-1, 1, 1)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitems__(self, indices: list[int]) -> tuple[Tensor]:
+        return ((self.images[torch.as_tensor(indices)].float() / 255 - self.mean) / self.std,)
+
+    def __getitem__(self, index: int) -> tuple[Tensor]:
+        return (self.__getitems__([index])[0][0],)
