@@ -38,6 +38,8 @@ def random_affine(images: Tensor, degrees: float, scale: float, shift: float, fl
     Pixels moved in from outside the image are 0 (the black background of the digits). Returns float
     images on the scale of the input (0 to 255 for uint8), bilinearly interpolated.
     """
+    # torchvision's v2 RandomAffine draws one transform for a whole batch tensor; here each image draws
+    # its own, from torch's global generator (seed_everything fixes it; under DDP each rank is offset).
     n, _, h, w = images.shape
     angle = torch.deg2rad((torch.rand(n) * 2 - 1) * degrees)
     zoom = 1 + (torch.rand(n) * 2 - 1) * scale
