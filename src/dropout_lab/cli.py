@@ -57,6 +57,8 @@ The flags people change most: --model=MLPClassifier or CNNClassifier (or your_mo
 --model.dropout=0.3 (the drop probability p), --data=MNIST5kDataModule, MNISTDataModule,
 FashionMNISTDataModule or CIFAR10DataModule, --trainer.max_epochs=15, --config=configs/cnn_mnist5k.yaml.
 One class's own flags and their meaning: --model.help CNNClassifier, --data.help MNISTDataModule.
+After training: python train.py test|validate|predict --ckpt_path=RUN/checkpoints/last.ckpt (the model and
+data come from the checkpoint; --model.mc_samples=30 for MC dropout); python train.py fit: fit only.
 Every flag follows."""
 
 # Two notices from inside Lightning that are not about the run: an advertisement on every Trainer, and a
@@ -69,6 +71,8 @@ warnings.filterwarnings("ignore", r"`isinstance\(treespec, LeafSpec\)` is deprec
 
 class DropoutLabCLI(LightningCLI):
     """``python train.py --help`` lists what this parser accepts."""
+
+    usage, description = USAGE, DESCRIPTION  # the opening of --help; tune.py's parser has its own
 
     def __init__(self, args: list[str] | None = None, run: bool = False) -> None:
         """``run=False``: build the classes and parse no subcommand (train.py then fits and tests);
@@ -83,7 +87,7 @@ class DropoutLabCLI(LightningCLI):
             # No --optimizer/--lr_scheduler: the model's lr, weight_decay and cosine arguments are the
             # optimizer settings, recorded in HParams and checkpoints, and the cosine follows the run's length.
             auto_configure_optimizers=False,
-            parser_kwargs={"description": DESCRIPTION, "usage": USAGE},
+            parser_kwargs={"description": self.description, "usage": self.usage},
             # Callbacks given here are always present; --trainer.callbacks adds to them.
             trainer_defaults={
                 "max_epochs": 15,

@@ -51,6 +51,15 @@ WORKER = f"{socket.gethostname()}:{os.getpid()}"
 class TuneCLI(DropoutLabCLI):
     """train.py's command line plus ``--tune.*``; it parses and checks, and builds nothing."""
 
+    usage = (
+        "python tune.py [train.py's flags and --config files] [--tune.n_trials N] [--tune.params '[KEY=TYPE:...]'] ..."
+    )
+    description = """Search the dropout rates (or any flags) with Optuna: every trial is a train.py run.
+
+--tune.params='[model.dropout=float:0.0:0.8, model.lr=log:1e-4:1e-2]' sets the search space (default: every
+*dropout argument of the model); --tune.n_trials, --tune.metric (val/acc), --tune.pruner (median or none),
+--tune.storage and --tune.study_name (workers with the same two share one study). train.py's flags follow."""
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         super().add_arguments_to_parser(parser)
         parser.add_argument(
