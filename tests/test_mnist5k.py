@@ -2,10 +2,11 @@
 
 from types import SimpleNamespace
 
+import lightning as L
 import pytest
 import torch
 
-from dropout_lab import MNIST5kDataModule
+from dropout_lab import MLPClassifier, MNIST5kDataModule
 
 
 def setup_data(**kwargs) -> MNIST5kDataModule:
@@ -93,3 +94,26 @@ def test_val_size_smaller_than_the_number_of_processes_is_refused_clearly():
     data.trainer = SimpleNamespace(world_size=4, global_rank=0)
     with pytest.raises(ValueError, match=r"val_size=3 is smaller than the 4 processes .* --data.val_size=4 or more"):
         data.setup("fit")
+
+
+def test_a_limited_validation_gives_the_gap_of_the_full_one_on_fixed_weights(tmp_path):
+    # The experiment: with the held-out images sorted by class, limit_val_batches=2 saw only zeros
+    # and ones, the easiest digits, and the loss gap changed sign. Fixed weights, an overfit model (no
+    # dropout, a clear gap), validated in full and on its first two batches.
+    L.seed_everything(0, verbose=False)
+    data = MNIST5kDataModule()
+    model = MLPClassifier(hidden=[256], dropout=0.0, input_dropout=0.0)
+    quiet = {"logger": False, "enable_progress_bar": False, "enable_model_summary": False, "enable_checkpointing": False}
+    L.Trainer(max_epochs=4, limit_val_batches=0, default_root_dir=tmp_path, **quiet).fit(model, data)
+
+    def gap(limit) -> dict[str, float]:
+        (val, train_eval) = L.Trainer(limit_val_batches=limit, **quiet).validate(model, data, verbose=False)
+        return {
+            "loss": val["val/loss"] - train_eval["train_eval/loss"],
+            "acc": train_eval["train_eval/acc"] - val["val/acc"],
+        }
+
+    full, limited = gap(1.0), gap(2)
+    assert full["loss"] > 0.05 and full["acc"] > 0  # the model does better on its training data
+    assert limited["loss"] > 0 and limited["acc"] > 0  # and so says a limited validation
+    assert limited["loss"] == pytest.approx(full["loss"], abs=0.05)
