@@ -103,7 +103,7 @@ def test_a_limited_validation_gives_the_gap_of_the_full_one_on_fixed_weights(tmp
     L.seed_everything(0, verbose=False)
     data = MNIST5kDataModule()
     model = MLPClassifier(hidden=[256], dropout=0.0, input_dropout=0.0)
-    quiet = {"logger": False, "enable_progress_bar": False, "enable_model_summary": False, "enable_checkpointing": False}
+    quiet = dict(logger=False, enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False)
     L.Trainer(max_epochs=4, limit_val_batches=0, default_root_dir=tmp_path, **quiet).fit(model, data)
 
     def gap(limit) -> dict[str, float]:
