@@ -5,12 +5,12 @@ from dropout_lab.classifier import Classifier, CNNClassifier, MLPClassifier
 from dropout_lab.data import (
     CIFAR10DataModule,
     FashionMNISTDataModule,
+    ImageFilesDataModule,
     InMemoryDataModule,
     MNIST5kDataModule,
     MNISTDataModule,
 )
 from dropout_lab.dropout import CustomDropout, CustomDropout2d
-from dropout_lab.image_files import ImageFilesDataModule
 from dropout_lab.prediction import load_classifier
 
 __all__ = [
