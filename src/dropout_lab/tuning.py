@@ -35,7 +35,8 @@ from lightning.pytorch.cli import LightningArgumentParser
 from torch.utils.tensorboard.summary import hparams
 
 from dropout_lab.callbacks import HPARAM_METRICS, TensorBoardLayout, hparams_table
-from dropout_lab.cli import DropoutLabCLI, init_parameters
+from dropout_lab.cli import DropoutLabCLI
+from dropout_lab.suggestions import init_parameters
 
 TYPES = ("float", "log", "int", "categorical")
 # Trials that count towards --tune.n_trials: running ones too, so that two workers do not both start the
