@@ -112,3 +112,14 @@ def test_mc_samples_zero_is_refused_with_the_allowed_range(tmp_path, capsys, che
         args, capsys
     )
     assert not (tmp_path / "lightning_logs").exists()
+
+
+@pytest.mark.slow  # needs the fitted checkpoint
+def test_ckpt_path_last_looks_where_the_logger_of_the_flags_keeps_its_runs(tmp_path, checkpoint):
+    earlier = tmp_path / "runs" / "digits" / "version_0" / "checkpoints"
+    earlier.mkdir(parents=True)
+    (earlier / "last.ckpt").write_bytes(checkpoint.read_bytes())
+    logger = ["--trainer.logger=TensorBoardLogger", f"--trainer.logger.save_dir={tmp_path / 'runs'}"]
+    args = ["validate", "--ckpt_path=last", *logger, "--trainer.logger.name=digits", "--trainer.limit_val_batches=1"]
+    run_train(*args, *QUICK, root=tmp_path)
+    assert "val/acc" in read_events(tmp_path / "runs" / "digits" / "version_1").Tags()["scalars"]

@@ -161,8 +161,7 @@ class DropoutLabCLI(LightningCLI):
                 "last.ckpt (a run of python train.py)."
             )
         if config.ckpt_path == "last":
-            root = Path(config.trainer.default_root_dir or os.getcwd()) / "lightning_logs"
-            config.ckpt_path = str(find_last_checkpoint(root))
+            config.ckpt_path = str(find_last_checkpoint(runs_folder(config.trainer)))
         self.checkpoint = load_checked(config.ckpt_path)
         if "_class_path" not in self.checkpoint.get("hyper_parameters", {}):
             raise ValueError(
@@ -264,7 +263,7 @@ class DropoutLabCLI(LightningCLI):
             flag = f"--ckpt_path={config.ckpt_path}"
             self.parser.error(f"{flag} finds runs through the TensorBoard logger; pass the checkpoint's path.")
         args = logger.init_args
-        root = Path(args.save_dir) / (args.get("name") or "lightning_logs")
+        root = runs_folder(trainer)
         try:
             last = find_last_checkpoint(root)
         except ValueError as error:
@@ -363,6 +362,16 @@ def with_logger_save_dir(argv: list[str]) -> list[str]:
     if save_dir is None or save_dir.default is not save_dir.empty:
         return argv
     return [*argv, f"--trainer.logger.save_dir={DEFAULT_ROOT_DIR}"]
+
+
+def runs_folder(trainer: Namespace) -> Path:
+    """The folder that holds the ``version_N`` runs of the logger in these ``--trainer`` settings."""
+    logger = trainer.logger
+    args = logger.init_args if isinstance(logger, Namespace) else Namespace()
+    save_dir = args.get("save_dir")
+    if save_dir in (None, DEFAULT_ROOT_DIR):
+        save_dir = trainer.default_root_dir or os.getcwd()
+    return Path(save_dir) / (args.get("name") or "lightning_logs")
 
 
 def innermost(error: BaseException) -> BaseException:
