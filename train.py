@@ -11,6 +11,7 @@ python train.py predict --ckpt_path=... --output=predictions.csv     # also vali
 """
 
 import sys
+from pathlib import Path
 
 import torch
 from lightning.pytorch import Trainer
@@ -46,6 +47,9 @@ def main(args: list[str] | None = None) -> None:
 
 def print_where_the_run_is(trainer: Trainer, log_dir: str | None) -> None:
     logger, checkpoints = trainer.logger, trainer.checkpoint_callback
+    # validate, test and predict have the callback too, but write no checkpoint.
+    if checkpoints is not None and not (checkpoints.dirpath and any(Path(checkpoints.dirpath).glob("*.ckpt"))):
+        checkpoints = None
     if trainer.fast_dev_run:
         print("\nfast_dev_run: nothing of this run was written (Lightning turns logs and checkpoints off).")
     elif isinstance(logger, TensorBoardLogger):

@@ -18,8 +18,9 @@ def checkpoint(tmp_path_factory):
     """A CNN fitted for a few steps by ``train.py fit`` (which does not test)."""
     root = tmp_path_factory.mktemp("fit")
     fit = ["--trainer.max_epochs=1", "--trainer.limit_train_batches=4", "--trainer.limit_val_batches=2"]
-    run_train("fit", *TINY_CNN, *fit, *QUICK, root=root)
+    result = run_train("fit", *TINY_CNN, *fit, *QUICK, root=root)
     (run_dir,) = (root / "lightning_logs").iterdir()
+    assert f"Checkpoints and TensorBoard logs of this run: {run_dir}" in result.stdout
     assert not any(tag.startswith("test") for tag in read_events(run_dir).Tags()["scalars"])
     return run_dir / "checkpoints" / "last.ckpt"
 
@@ -61,6 +62,7 @@ def test_predict_writes_one_row_per_image_of_the_held_out_split(tmp_path, checkp
     args = ["--model.mc_samples=3", "--data.batch_size=8", "--trainer.limit_predict_batches=2", f"--output={output}"]
     result = run_train("predict", f"--ckpt_path={checkpoint}", *args, *QUICK, root=tmp_path)
     assert str(output) in result.stdout
+    assert f"\nTensorBoard logs of this run: {new_run(tmp_path)}" in result.stdout  # predict wrote no checkpoint
     with open(output) as f:
         rows = list(csv.DictReader(f))
     columns = ["index", "target", "prediction", "confidence", "entropy", "mutual_information"]
