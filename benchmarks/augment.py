@@ -48,7 +48,7 @@ def main() -> None:
     plain, augmented = MNIST5kDataModule(), MNIST5kDataModule(augment=True)
     plain.setup("fit")
     augmented.setup("fit")
-    net = CNNClassifier(channels=(32, 64), hidden=256, dropout=0.5, conv_dropout=0.1).net  # configs/cnn_mnist5k.yaml
+    net = CNNClassifier(channels=(32, 64), hidden=256, dropout=0.5, conv_dropout=0.1, batch_norm=True).net  # the recipe
     optimizer = torch.optim.AdamW(net.parameters(), lr=1e-3)
 
     def indices() -> list[int]:

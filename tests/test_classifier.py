@@ -72,6 +72,22 @@ def test_dropout_is_on_in_training_and_off_in_every_evaluation(tmp_path, model_c
         assert len(modes[loop]) == batches and not any(any(batch) for batch in modes[loop]), loop
 
 
+def test_batch_norm_follows_every_conv_and_learns_its_statistics_in_training_only(tmp_path):
+    model = CNNClassifier(channels=(4, 8), hidden=16, batch_norm=True)
+    convs = [m for m in model.net.features if isinstance(m, torch.nn.Conv2d)]
+    norms = [m for m in model.net.features if isinstance(m, torch.nn.BatchNorm2d)]
+    assert len(norms) == len(convs) == 4 and all(conv.bias is None for conv in convs)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in CNNClassifier(channels=(4,)).modules())
+
+    data = MNIST5kDataModule(batch_size=16)
+    trainer = tiny_trainer(tmp_path)
+    trainer.fit(model, data)
+    counts = [norm.num_batches_tracked.item() for norm in norms]
+    assert counts == [3 * 2] * 4  # 2 epochs of 3 training batches; the sanity check and validation add none
+    trainer.test(model, data)
+    assert [norm.num_batches_tracked.item() for norm in norms] == counts
+
+
 def test_dropout_changes_the_output_in_training_but_not_in_evaluation():
     torch.manual_seed(0)
     model, x = MLPClassifier(hidden=(64,)), torch.randn(8, 1, 28, 28)

@@ -289,6 +289,8 @@ class CNNClassifier(Classifier):
         dropout: drop probability p of the head's hidden layer (0.5 in the dropout paper).
         conv_dropout: drop probability p of whole channels after each conv block (kept small:
             conv layers have few parameters and overfit less).
+        batch_norm: BatchNorm2d after every conv. Like dropout it acts by training and eval mode:
+            batch statistics in training, running averages in evaluation.
         lr: AdamW learning rate.
         weight_decay: AdamW decoupled weight decay; 0 isolates the effect of dropout.
         cosine: anneal the learning rate to 0 along a cosine over the whole run.
@@ -305,6 +307,7 @@ class CNNClassifier(Classifier):
         hidden: int = 256,
         dropout: float = 0.5,
         conv_dropout: float = 0.1,
+        batch_norm: bool = False,
         lr: float = 1e-3,
         weight_decay: float = 0.0,
         cosine: bool = True,
@@ -313,6 +316,6 @@ class CNNClassifier(Classifier):
     ) -> None:
         super().__init__(num_classes, lr, weight_decay, cosine, mc_samples)
         self.save_hyperparameters(logger=False)  # TensorBoardLayout logs them, with metrics
-        self.net = CNN(input_shape, num_classes, channels, hidden, dropout, conv_dropout)
+        self.net = CNN(input_shape, num_classes, channels, hidden, dropout, conv_dropout, batch_norm)
         if compile:
             self.net.compile()  # in place: the state_dict keys, hence checkpoints, stay those of the plain net
