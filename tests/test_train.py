@@ -46,6 +46,8 @@ def test_config_file_and_override_are_applied_in_order(tmp_path):
     )
     config = (only_run_dir(tmp_path) / "config.yaml").read_text()
     assert "class_path: dropout_lab.CNNClassifier" in config and "dropout: 0.25" in config
+    assert "batch_norm: true" in config and "max_epochs: 1" in config  # the recipe's, then debug.yaml's
+    assert "checkpoint:\n  dirpath: null\n  filename: null\n  monitor: null\n" in config  # the final weights are tested
 
 
 def test_a_chosen_class_gets_its_own_defaults_not_the_default_classs():
