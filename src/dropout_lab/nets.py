@@ -75,9 +75,9 @@ class CNN(nn.Module):
         )
 
     def forward(self, x: Tensor) -> Tensor:
-        # Channels-last (NHWC) convolutions and BatchNorm run faster on the CPU (oneDNN), and with
-        # tensor cores on a GPU; the conv weights were put in that layout in __init__, and
-        # load_state_dict copies values in, so checkpoints do not depend on it.
+        # Channels-last (NHWC) convolutions and BatchNorm run faster on the CPU (oneDNN; measured by
+        # benchmarks/conv_layout.py) and suit a GPU's tensor cores. The conv weights were put in that
+        # layout in __init__; load_state_dict copies values in, so checkpoints do not depend on it.
         return self.head(self.features(x.contiguous(memory_format=torch.channels_last)))
 
 
