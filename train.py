@@ -11,13 +11,12 @@ python train.py predict --ckpt_path=... --output=predictions.csv     # also vali
 """
 
 import sys
-from pathlib import Path
 
 import torch
 from lightning.pytorch import Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from dropout_lab.cli import DropoutLabCLI, run_test
+from dropout_lab.cli import EVALUATE, DropoutLabCLI, run_test
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
 
@@ -38,18 +37,17 @@ def main(args: list[str] | None = None) -> None:
         run_test(trainer, cli.model, cli.datamodule, ckpt_path=best or None)
     log_dir = trainer.log_dir  # a collective under DDP: every rank must ask
     if trainer.is_global_zero:
-        print_where_the_run_is(trainer, log_dir)
+        print_where_the_run_is(trainer, log_dir, fitted=not (argv and argv[0] in EVALUATE))
     # Lightning leaves a DDP process group open for another fit; left to the interpreter's exit,
     # gloo's threads were seen to abort the process (SIGABRT) after all the work was done.
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
 
 
-def print_where_the_run_is(trainer: Trainer, log_dir: str | None) -> None:
-    logger, checkpoints = trainer.logger, trainer.checkpoint_callback
-    # validate, test and predict have the callback too, but write no checkpoint.
-    if checkpoints is not None and not (checkpoints.dirpath and any(Path(checkpoints.dirpath).glob("*.ckpt"))):
-        checkpoints = None
+def print_where_the_run_is(trainer: Trainer, log_dir: str | None, fitted: bool) -> None:
+    logger = trainer.logger
+    # validate, test and predict have the checkpoint callback too, but write no checkpoint.
+    checkpoints = trainer.checkpoint_callback if fitted else None
     if trainer.fast_dev_run:
         print("\nfast_dev_run: nothing of this run was written (Lightning turns logs and checkpoints off).")
     elif isinstance(logger, TensorBoardLogger):

@@ -88,6 +88,11 @@ def test_batch_norm_follows_every_conv_and_learns_its_statistics_in_training_onl
     assert [norm.num_batches_tracked.item() for norm in norms] == counts
 
 
+def test_cnn_refuses_a_tensor_that_is_not_a_batch_of_images():
+    with pytest.raises(ValueError, match=r"CNN expects a batch of images \(N, C, H, W\), got shape \(1, 28, 28\)"):
+        CNNClassifier(channels=(4,), hidden=16)(torch.zeros(1, 28, 28))
+
+
 def test_dropout_changes_the_output_in_training_but_not_in_evaluation():
     torch.manual_seed(0)
     model, x = MLPClassifier(hidden=(64,)), torch.randn(8, 1, 28, 28)

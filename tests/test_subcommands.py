@@ -1,13 +1,15 @@
 """python train.py fit|validate|test|predict: model and data from the checkpoint, flags over them."""
 
 import csv
+from pathlib import Path
 
 import pytest
 import torch
 from conftest import read_events, run_train
+from jsonargparse import Namespace
 
 from dropout_lab import MNIST5kDataModule
-from dropout_lab.cli import DropoutLabCLI
+from dropout_lab.cli import DEFAULT_ROOT_DIR, DropoutLabCLI, runs_folder
 
 QUICK = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
 TINY_CNN = ["--model=CNNClassifier", "--model.channels=[4]", "--model.hidden=16", "--data.batch_size=16"]
@@ -125,3 +127,23 @@ def test_ckpt_path_last_looks_where_the_logger_of_the_flags_keeps_its_runs(tmp_p
     args = ["validate", "--ckpt_path=last", *logger, "--trainer.logger.name=digits", "--trainer.limit_val_batches=1"]
     run_train(*args, *QUICK, root=tmp_path)
     assert "val/acc" in read_events(tmp_path / "runs" / "digits" / "version_1").Tags()["scalars"]
+
+
+def logger(class_name: str, **init_args) -> Namespace:
+    return Namespace(class_path=f"lightning.pytorch.loggers.{class_name}", init_args=Namespace(**init_args))
+
+
+@pytest.mark.parametrize(
+    ("logger_flags", "expected"),
+    [
+        (None, "root/lightning_logs"),  # the Trainer's default TensorBoardLogger
+        (False, "root/lightning_logs"),  # no logger: checkpoints still go there
+        (logger("TensorBoardLogger", save_dir="tb", name="digits"), "tb/digits"),
+        (logger("TensorBoardLogger", save_dir="tb", name=None), "tb"),  # no name: runs directly in save_dir
+        (logger("CSVLogger", save_dir=DEFAULT_ROOT_DIR), "root/lightning_logs"),  # save_dir left to default_root_dir
+        (logger("MLFlowLogger", save_dir="mlruns"), "root/lightning_logs"),  # keeps no version_N folders
+        ([logger("CSVLogger", save_dir="csv", name="a"), logger("TensorBoardLogger", save_dir="tb")], "csv/a"),
+    ],
+)
+def test_runs_folder_is_where_the_logger_of_the_flags_puts_version_folders(logger_flags, expected):
+    assert runs_folder(Namespace(default_root_dir="root", logger=logger_flags)) == Path(expected)

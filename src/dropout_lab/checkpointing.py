@@ -162,8 +162,8 @@ def find_last_checkpoint(root: Path) -> Path:
     if not found:
         raise ValueError(
             f"--ckpt_path=last found no last.ckpt under {root}/*/checkpoints/. Check --trainer.default_root_dir "
-            "(it must be the one of the run to continue), pass a checkpoint's path, or leave --ckpt_path out "
-            "to start a new run."
+            "(or the logger's save_dir and name: they must be the run's), pass a checkpoint's path, or leave "
+            "--ckpt_path out to start a new run."
         )
     return found[-1]
 

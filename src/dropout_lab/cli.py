@@ -49,6 +49,7 @@ EVALUATE = ("validate", "test", "predict")  # the subcommands that take model an
 DEFAULT_DATA = "dropout_lab.MNIST5kDataModule"
 
 DEFAULT_ROOT_DIR = "<trainer.default_root_dir>"  # a logger's save_dir placeholder, see with_logger_save_dir
+FOLDER_LOGGERS = ("TensorBoardLogger", "CSVLogger")  # loggers that keep runs in save_dir/name/version_N
 USAGE = "python train.py [--config FILE] [--model CLASS] [--model.ARG VALUE] [--data CLASS] [--trainer.ARG VALUE] ..."
 DESCRIPTION = """Train a classifier that uses CustomDropout, then test it.
 
@@ -136,7 +137,8 @@ class DropoutLabCLI(LightningCLI):
                 "--ckpt_path",
                 type=str | None,
                 default=None,
-                help="Resume fitting from this checkpoint; 'last': the newest run's, under --trainer.default_root_dir; "
+                help="Resume fitting from this checkpoint; 'last': the newest run's, under --trainer.default_root_dir "
+                "(or the TensorBoard logger's save_dir/name); "
                 "'auto': the same if there is one, else start a new run (one command for the first start and "
                 "every restart).",
             )
@@ -366,12 +368,17 @@ def with_logger_save_dir(argv: list[str]) -> list[str]:
 
 def runs_folder(trainer: Namespace) -> Path:
     """The folder that holds the ``version_N`` runs of the logger in these ``--trainer`` settings."""
+    root = trainer.default_root_dir or os.getcwd()
     logger = trainer.logger
-    args = logger.init_args if isinstance(logger, Namespace) else Namespace()
-    save_dir = args.get("save_dir")
-    if save_dir in (None, DEFAULT_ROOT_DIR):
-        save_dir = trainer.default_root_dir or os.getcwd()
-    return Path(save_dir) / (args.get("name") or "lightning_logs")
+    if isinstance(logger, list):  # several loggers: checkpoints go to the first one's run folder
+        logger = logger[0] if logger else None
+    # Only these two keep their runs in save_dir/name/version_N; with the others (or the Trainer's
+    # default logger, or none) checkpoints go to default_root_dir/lightning_logs/version_N.
+    if not (isinstance(logger, Namespace) and logger.class_path.rpartition(".")[2] in FOLDER_LOGGERS):
+        return Path(root) / "lightning_logs"
+    save_dir = logger.init_args.get("save_dir")
+    name = logger.init_args.get("name", "lightning_logs")
+    return Path(root if save_dir in (None, DEFAULT_ROOT_DIR) else save_dir) / (name or "")  # name "": none
 
 
 def innermost(error: BaseException) -> BaseException:

@@ -75,6 +75,8 @@ class CNN(nn.Module):
         )
 
     def forward(self, x: Tensor) -> Tensor:
+        if x.dim() != 4:
+            raise ValueError(f"CNN expects a batch of images (N, C, H, W), got shape {tuple(x.shape)}")
         # Channels-last (NHWC) convolutions and BatchNorm run faster on the CPU (oneDNN; measured by
         # benchmarks/conv_layout.py) and suit a GPU's tensor cores. The conv weights were put in that
         # layout in __init__; load_state_dict copies values in, so checkpoints do not depend on it.
