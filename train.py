@@ -37,7 +37,7 @@ def main(args: list[str] | None = None) -> None:
         run_test(trainer, cli.model, cli.datamodule, ckpt_path=best or None)
     log_dir = trainer.log_dir  # a collective under DDP: every rank must ask
     if trainer.is_global_zero:
-        print_where_the_run_is(trainer, log_dir, fitted=not (argv and argv[0] in EVALUATE))
+        print_where_the_run_is(trainer, log_dir, fitted=cli.subcommand not in EVALUATE)
     # Lightning leaves a DDP process group open for another fit; left to the interpreter's exit,
     # gloo's threads were seen to abort the process (SIGABRT) after all the work was done.
     if torch.distributed.is_initialized():
