@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from dropout_lab import Classifier, CustomDropout, ImageFilesDataModule, MLPClassifier, MNIST5kDataModule
+from dropout_lab.checkpointing import RNGState
 from dropout_lab.uncertainty import calibration_metrics, entropy, update_calibration
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -95,6 +96,26 @@ def test_mc_predictions_repeat_with_a_seed_and_differ_between_seeds(data):
     assert torch.equal(first, again)
     assert not torch.allclose(first, other)
     assert torch.allclose(first.sum(dim=-1), torch.ones(len(first)))
+
+
+def test_mc_predictions_from_a_checkpoint_follow_the_seed_not_the_checkpoints_random_state(tmp_path, data):
+    # The checkpoint holds the training run's generator states (RNGState): predict must not restore them.
+    fit = L.Trainer(max_epochs=1, limit_train_batches=1, limit_val_batches=0, logger=False, callbacks=[RNGState()],
+                    enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                    default_root_dir=tmp_path)  # fmt: skip
+    fit.fit(MLPClassifier(hidden=(32,)), data)
+    fit.save_checkpoint(tmp_path / "run.ckpt")
+
+    def predict_from_checkpoint(seed: int) -> torch.Tensor:
+        L.seed_everything(seed, verbose=False)
+        outputs = trainer([RNGState()]).predict(
+            MLPClassifier(hidden=(32,), mc_samples=5), data, ckpt_path=tmp_path / "run.ckpt"
+        )
+        return torch.cat([out["probs"] for out in outputs])
+
+    first, again, other = predict_from_checkpoint(1), predict_from_checkpoint(1), predict_from_checkpoint(2)
+    assert torch.equal(first, again)
+    assert not torch.allclose(first, other)
 
 
 def test_mutual_information_is_zero_without_dropout_and_positive_with_it(data):

@@ -3,11 +3,13 @@
 import os
 import signal
 from pathlib import Path
+from types import SimpleNamespace
 
 import lightning as L
 import pytest
 import torch
 from conftest import QUICK, ROOT, only_run_dir, read_events, run_train
+from lightning.pytorch.trainer.states import TrainerFn
 
 from dropout_lab import CNNClassifier, MLPClassifier, MNIST5kDataModule
 from dropout_lab.checkpointing import (
@@ -15,6 +17,7 @@ from dropout_lab.checkpointing import (
     RNGState,
     check_resumable,
     find_last_checkpoint,
+    load_checked,
     rng_states,
     safe_load,
     seed_dropout_stream,
@@ -95,6 +98,11 @@ BAD_INPUT = {
     # checkpoints that cannot be resumed
     "ckpt_missing": (["--ckpt_path=no_such.ckpt"], ["--ckpt_path=no_such.ckpt: no such file"]),
     "ckpt_last_without_runs": (["--ckpt_path=last"], ["--ckpt_path=last found no last.ckpt under"]),
+    "ckpt_with_other_model_arguments": (
+        ["--model=CNNClassifier", "--model.channels=[4]", "--model.hidden=8", "--model.dropout=0.7"]
+        + ["--ckpt_path={cnn_ckpt}"],
+        ["model.dropout: 0.5 in the checkpoint, 0.7 now", "resume with the checkpoint's values"],
+    ),
     "ckpt_of_the_other_model": (
         ["--ckpt_path={cnn_ckpt}"],
         [
@@ -141,10 +149,19 @@ def test_truncated_or_corrupt_checkpoint_is_refused_with_the_reason(tmp_path):
     garbage = tmp_path / "garbage.ckpt"
     garbage.write_text("not a checkpoint")
     model = CNNClassifier(channels=[4], hidden=8)
-    for path in (truncated, garbage):
-        with pytest.raises(ValueError, match="cannot be loaded: it is truncated, corrupt"):
-            check_resumable(path, model, None)
+    with pytest.raises(ValueError, match="cannot be loaded: it is truncated, corrupt"):
+        check_resumable(truncated, model, None)
+    with pytest.raises(ValueError, match="garbage.ckpt is not a checkpoint"):
+        check_resumable(garbage, model, None)
     check_resumable(good, model, None)  # and a whole one passes
+
+
+def test_a_file_that_is_not_a_checkpoint_is_called_so_in_one_line_without_torchs_advice():
+    with pytest.raises(ValueError) as error:
+        load_checked(ROOT / "README.md")
+    (line,) = str(error.value).splitlines()
+    assert "README.md is not a checkpoint" in line
+    assert "weights_only" not in line and "cannot be loaded" not in line
 
 
 def test_resuming_with_other_data_arguments_is_refused(tmp_path):
@@ -158,6 +175,23 @@ def test_resuming_with_other_data_arguments_is_refused(tmp_path):
     # With augmentation, num_workers decides which process draws the crops: not only speed.
     with pytest.raises(ValueError, match="data.num_workers: 0 in the checkpoint, 2 now"):
         check_resumable(path, model, MNIST5kDataModule(seed=0, num_workers=2))
+
+
+def test_resuming_with_other_model_arguments_is_refused_with_each_old_and_new_value(tmp_path):
+    path = write_cnn_checkpoint(tmp_path / "run.ckpt")  # dropout 0.5, lr 0.001
+    with pytest.raises(ValueError) as error:
+        check_resumable(path, CNNClassifier(channels=[4], hidden=8, dropout=0.2, lr=0.1), None)
+    assert str(error.value).splitlines() == [
+        "Resuming with other model arguments than the run that wrote the checkpoint (model.dropout: 0.5 in the "
+        "checkpoint, 0.2 now; model.lr: 0.001 in the checkpoint, 0.1 now) would not continue that run: resume with "
+        "the checkpoint's values, or start a new run without --ckpt_path."
+    ]
+
+
+def test_resuming_with_other_mc_samples_or_compile_is_allowed(tmp_path):
+    # Neither changes what is trained; a longer run (--trainer.max_epochs) is not a model argument at all.
+    path = write_cnn_checkpoint(tmp_path / "run.ckpt")
+    check_resumable(path, CNNClassifier(channels=(4,), hidden=8, mc_samples=30, compile=True), None)
 
 
 class OtherDigits(MNIST5kDataModule):
@@ -248,6 +282,19 @@ def test_another_number_of_processes_resumes_with_one_line_and_distinct_streams(
         "differ from those of an uninterrupted run."
     ]
     assert torch.equal(resumed_draws(saved, 0, 1), draws_after(saved["ranks"][0]))  # one process: rank 0's stream
+
+
+@pytest.mark.parametrize("fn", [TrainerFn.VALIDATING, TrainerFn.TESTING, TrainerFn.PREDICTING])
+def test_evaluating_a_checkpoint_keeps_the_seeded_streams_and_says_nothing_about_processes(fn, capsys):
+    callback = RNGState()
+    callback.setup(SimpleNamespace(global_rank=0, world_size=1, state=SimpleNamespace(fn=fn)), None, fn.value)
+    saved = rank_states(2)  # a checkpoint of a 2-process run
+    torch.manual_seed(123)  # what --seed_everything set
+    expected = torch.rand(4)
+    torch.manual_seed(123)
+    callback.load_state_dict(saved)
+    assert torch.equal(torch.rand(4), expected)
+    assert capsys.readouterr().out == ""
 
 
 def test_cuda_states_are_restored_only_to_the_gpus_there_are(monkeypatch):

@@ -4,8 +4,9 @@
   kill while saving leaves the previous ``last.ckpt`` whole, and it loads with
   ``weights_only=True``, so a crafted checkpoint cannot run code.
 - ``RNGState`` puts the random number generators' states into every checkpoint and restores
-  them on resume: the resumed run draws the same dropout masks and batch orders as a run
-  that never stopped (Lightning's checkpoints hold no RNG state).
+  them when a fit resumes: the resumed run draws the same dropout masks and batch orders as a
+  run that never stopped (Lightning's checkpoints hold no RNG state). validate, test and
+  predict follow ``--seed_everything`` instead, so MC dropout samples can be drawn again.
 - ``find_last_checkpoint`` and ``check_resumable`` serve ``--ckpt_path=last`` and refuse, before
   anything is written, a checkpoint that this run could not continue.
 """
@@ -20,6 +21,7 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_warn
 
 # Types that torch's weights_only unpickler must accept beyond tensors and plain Python values.
@@ -127,9 +129,12 @@ class RNGState(L.Callback):
 
     def __init__(self) -> None:
         self.rank, self.world_size = 0, 1
+        self.fitting = True
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        # Lightning calls setup before it loads a checkpoint's callback states.
         self.rank, self.world_size = trainer.global_rank, trainer.world_size
+        self.fitting = trainer.state.fn == TrainerFn.FITTING
 
     def state_dict(self) -> dict:
         # Lightning builds the checkpoint on every rank (rank 0 writes it): all ranks join the gather.
@@ -140,6 +145,10 @@ class RNGState(L.Callback):
         return {"world_size": self.world_size, "ranks": states}
 
     def load_state_dict(self, state_dict: dict) -> None:
+        # Lightning calls this for every trainer.*(ckpt_path=...): restoring the states in test or
+        # predict would draw the training run's next masks whatever --seed_everything says.
+        if not self.fitting:
+            return
         if "ranks" not in state_dict:  # a checkpoint written before the states were saved per rank
             state_dict = {"world_size": 1, "ranks": [state_dict]}
         saved = state_dict["world_size"]
@@ -171,11 +180,14 @@ def find_last_checkpoint(root: Path) -> Path:
 def check_resumable(path: str | Path, model: L.LightningModule, datamodule: L.LightningDataModule | None) -> None:
     """Raise a ValueError saying what is wrong if this run cannot continue from the checkpoint at ``path``.
 
-    Done before the Trainer writes anything, so a mistyped path leaves no empty run behind.
+    Done before the Trainer writes anything, so a mistyped path leaves no empty run behind. The model's
+    and the data's arguments must be the checkpoint's; the Trainer's may change: a larger
+    ``--trainer.max_epochs`` extends the run (the cosine follows the new length).
     """
     checkpoint = load_checked(path)
     check_weights_fit(path, checkpoint, model)
     _check_same_hparams("data", checkpoint.get("datamodule_hyper_parameters"), datamodule)
+    _check_same_model_hparams(checkpoint.get("hyper_parameters"), model)
     if not checkpoint["loops"].get("fit_loop", {}).get("epoch_loop.batch_progress", {}).get("is_last_batch", True):
         rank_zero_warn(
             f"--ckpt_path={path} was written in the middle of epoch {checkpoint.get('epoch')} (global step "
@@ -189,14 +201,21 @@ def load_checked(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"--ckpt_path={path}: no such file. Pass an existing .ckpt file, or --ckpt_path=last.")
+    with open(path, "rb") as f:
+        if f.read(4) != b"PK\x03\x04":  # torch.save writes a zip archive
+            # Else torch's unpickler fails on the first byte and advises weights_only=False, which is no cure.
+            raise ValueError(
+                f"--ckpt_path={path} is not a checkpoint (not a file written by torch.save): pass a run's .ckpt "
+                "file, e.g. lightning_logs/version_N/checkpoints/last.ckpt, or --ckpt_path=last."
+            )
     try:
         checkpoint = safe_load(path)
     except Exception as error:  # torch's message names the cause: a bad zip, an unsafe global, ...
         lines = str(error).strip().splitlines()
         reason = " ".join([lines[0], *(line for line in lines if "GLOBAL" in line)])
         raise ValueError(
-            f"--ckpt_path={path} cannot be loaded: it is truncated, corrupt, not a checkpoint, or holds objects "
-            f"that would run code when unpickled (only tensors and plain values are loaded). torch says: {reason}"
+            f"--ckpt_path={path} cannot be loaded: it is truncated, corrupt, or holds objects that would run "
+            f"code when unpickled (only tensors and plain values are loaded). torch says: {reason}"
         ) from None  # the reason is in the message; the CLI shows it as one line
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "loops" not in checkpoint:
         raise ValueError(f"--ckpt_path={path} is not a Lightning training checkpoint (no state_dict or loop state).")
@@ -245,6 +264,28 @@ def _check_same_hparams(section: str, saved: dict | None, current: L.LightningDa
         raise ValueError(
             "Resuming with other data arguments than the run that wrote the checkpoint would not continue "
             f"that run ({'; '.join(sorted(differ))}). Pass the same values, or start a new run without --ckpt_path."
+        )
+
+
+# Model arguments that do not change what is trained: the passes per image of test and predict, and
+# whether the network is compiled (the same weights and masks, computed faster).
+FREE_MODEL_ARGUMENTS = {"mc_samples", "compile"}
+
+
+def _check_same_model_hparams(saved: dict | None, model: L.LightningModule) -> None:
+    # A changed lr would be recorded but not used (the optimizer's state keeps the old one), a changed
+    # dropout rate would train on under the old one's name: TensorBoard keeps a run's first HParams only.
+    if saved is None:
+        return
+    differ = [
+        f"model.{key}: {saved[key]!r} in the checkpoint, {model.hparams.get(key)!r} now"
+        for key in saved.keys() - {"_class_path", "_instantiator"} - FREE_MODEL_ARGUMENTS
+        if _plain(saved[key]) != _plain(model.hparams.get(key))
+    ]
+    if differ:
+        raise ValueError(
+            f"Resuming with other model arguments than the run that wrote the checkpoint ({'; '.join(sorted(differ))}) "
+            "would not continue that run: resume with the checkpoint's values, or start a new run without --ckpt_path."
         )
 
 
