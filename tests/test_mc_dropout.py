@@ -1,5 +1,6 @@
 """Monte Carlo dropout: the test and predict loops sample with the dropout layers on, and only those."""
 
+import csv
 import math
 import re
 from pathlib import Path
@@ -156,11 +157,58 @@ def test_image_files_are_converted_normalized_and_predicted(tmp_path, data):
     write_jpeg(digits[2].expand(3, -1, -1).contiguous(), str(tmp_path / "c.jpg"), quality=100)
     files = ImageFilesDataModule(str(tmp_path), input_shape=(1, 28, 28), mean=(0.1307,), std=(0.3081,))
     assert [p.name for p in files.files] == ["a.png", "b.png", "c.jpg"]
-    assert files.images.shape == (3, 1, 28, 28) and torch.equal(files.images[0], digits[0])
+    assert files.images.shape == (3, 1, 28, 28) and torch.equal(files.images[0], digits[0] / 255)
     inverted = ImageFilesDataModule(str(tmp_path / "a.png"), invert=True, input_shape=(1, 28, 28), mean=(0,), std=(1,))
-    assert torch.equal(inverted.images[0], 255 - digits[0])
+    assert torch.equal(inverted.images[0], 1 - digits[0] / 255)
     (out,) = trainer().predict(MLPClassifier(hidden=(8,)), files)
     assert out["probs"].shape == (3, 10) and "target" not in out
+
+
+def write_png_16bit(image: torch.Tensor, path: Path) -> None:
+    """A 16-bit grayscale PNG of a uint8 (1, H, W) image: each value times 257, so 255 becomes 65535."""
+    from PIL import Image  # torchvision 0.29's encode_png takes uint8 only
+
+    Image.fromarray(image[0].numpy().astype("uint16") * 257).save(path)
+
+
+def test_16_bit_and_8_bit_versions_of_a_picture_give_the_same_input(tmp_path, data):
+    from torchvision.io import write_png
+
+    data.setup("predict")
+    digit = torch.nn.functional.interpolate(data.test_set.images[:1].float(), size=56).byte()[0]  # resized too
+    write_png(digit, str(tmp_path / "a_8bit.png"))
+    write_png_16bit(digit, tmp_path / "b_16bit.png")
+    files = ImageFilesDataModule(str(tmp_path), input_shape=(1, 28, 28), mean=(0.1307,), std=(0.3081,))
+    assert files.images.dtype == torch.float32 and 0.99 < files.images.max() <= 1  # a folder mixing both is read
+    assert torch.allclose(files.images[0], files.images[1], atol=1e-6)
+    (inputs,) = files.predict_dataloader().dataset.__getitems__([0, 1])
+    assert torch.allclose(inputs[0], inputs[1], atol=1e-5) and inputs.max() < 3  # (1 - 0.1307) / 0.3081 = 2.8
+
+
+def test_a_text_file_named_png_is_named_as_not_an_image_in_one_line(tmp_path):
+    (tmp_path / "notes.png").write_text("not a picture")
+    with pytest.raises(ValueError) as error:
+        ImageFilesDataModule(str(tmp_path), input_shape=(1, 28, 28), mean=(0.1,), std=(0.3,))
+    (line,) = str(error.value).splitlines()
+    assert f"{tmp_path / 'notes.png'}: it is not an image" in line and ".cpp" not in line
+
+
+def test_predictions_csv_names_each_image_file_by_its_path_as_given(tmp_path, monkeypatch, data):
+    from torchvision.io import write_png
+
+    from dropout_lab.prediction import PredictionCSV
+
+    data.setup("predict")
+    (tmp_path / "digits").mkdir()
+    for name, digit in zip(["b.png", "a.png"], data.test_set.images[:2], strict=True):
+        write_png(digit, str(tmp_path / "digits" / name))
+    monkeypatch.chdir(tmp_path)
+    files = ImageFilesDataModule("digits", batch_size=1, input_shape=(1, 28, 28), mean=(0.1,), std=(0.3,))
+    trainer([PredictionCSV("p.csv")]).predict(MLPClassifier(hidden=(8,)), files)
+    with open("p.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0])[:3] == ["index", "path", "prediction"]
+    assert [(row["index"], row["path"]) for row in rows] == [("0", "digits/a.png"), ("1", "digits/b.png")]
 
 
 def test_an_unreadable_image_is_named(tmp_path):

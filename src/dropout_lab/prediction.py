@@ -2,9 +2,9 @@
 
 The CSV has one row per image, written as the batches come.
 
-Columns: ``index``, ``target`` (where the data has labels), ``prediction``, ``confidence`` (the top
-probability), ``entropy`` (of the mean predicted distribution, nats), ``mutual_information`` (with
-``mc_samples`` > 1), then ``p_0`` ... ``p_{K-1}``.
+Columns: ``index``, ``path`` (for ImageFilesDataModule: the image file), ``target`` (where the data
+has labels), ``prediction``, ``confidence`` (the top probability), ``entropy`` (of the mean predicted
+distribution, nats), ``mutual_information`` (with ``mc_samples`` > 1), then ``p_0`` ... ``p_{K-1}``.
 """
 
 import csv
@@ -16,6 +16,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 
 from dropout_lab.checkpointing import load_checked
 from dropout_lab.classifier import Classifier
+from dropout_lab.data.image_files import ImageFilesDataModule
 
 
 def load_classifier(path: str | Path, map_location: str = "cpu") -> Classifier:
@@ -50,8 +51,11 @@ class PredictionCSV(BasePredictionWriter):
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx):
         probs = prediction["probs"].float().cpu()
         confidence, predicted = probs.max(dim=-1)
+        # Image files: which file each row is, as ImageFilesDataModule found it.
+        files = trainer.datamodule.files if isinstance(trainer.datamodule, ImageFilesDataModule) else None
         columns = {
             "index": batch_indices,
+            "path": [str(files[i]) for i in batch_indices] if files else None,
             "target": prediction["target"].tolist() if "target" in prediction else None,
             "prediction": predicted.tolist(),
             "confidence": confidence.tolist(),

@@ -9,6 +9,7 @@ light strokes on a dark background: a digit written in dark ink on white paper n
 """
 
 import glob
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -27,9 +28,9 @@ class ImageFilesDataModule(L.LightningDataModule):
 
     Args:
         paths: a glob ('my_digits/*.png'), a folder (its .png, .jpg and .jpeg files) or a list of these.
-            The CSV's ``index`` column is a file's position in their sorted list (printed by predict).
-        invert: invert the pixels (255 - value): for dark ink on light paper with a model trained on MNIST,
-            whose digits are light on a dark background.
+            The predictions CSV's ``path`` column names each file as found here (relative paths stay relative).
+        invert: invert the pixels (1 - value, values in [0, 1]): for dark ink on light paper with a model
+            trained on MNIST, whose digits are light on a dark background.
         batch_size: images per batch.
         input_shape: (channels, height, width) the images are converted to; default: the checkpoint's model's.
         num_classes: number of classes; default: the checkpoint's model's.
@@ -86,24 +87,36 @@ def find_images(paths: str | list[str]) -> list[Path]:
 
 
 def read_image(path: Path, input_shape: tuple[int, ...], invert: bool) -> Tensor:
-    """A file as uint8 (channels, height, width) of ``input_shape``; a ValueError naming the file if unreadable."""
+    """A file as floats in [0, 1], (channels, height, width) of ``input_shape``; a ValueError naming it if unreadable.
+
+    Scaled by the range of the file's pixel type: a 16-bit PNG (uint16, up to 65535) and its 8-bit
+    version (uint8, up to 255) give the same input.
+    """
     channels, height, width = input_shape
     mode = ImageReadMode.GRAY if channels == 1 else ImageReadMode.RGB
     try:
         image = decode_image(str(path), mode=mode)
     except (RuntimeError, OSError, ValueError) as error:
-        reason = " ".join(str(error).split()).rstrip(".")
         raise ValueError(
-            f"cannot read the image {path}: {reason}. Remove it or pass only PNG and JPEG files."
+            f"cannot read the image {path}: {why_unreadable(error)}. Remove it or pass only PNG and JPEG files."
         ) from None
     if image.shape[0] != channels:
         raise ValueError(f"{path} has {image.shape[0]} channels, the model takes {channels}")
+    image = image.float() / torch.iinfo(image.dtype).max
     image = resize(image, [height, width], antialias=True)
-    return 255 - image if invert else image
+    return 1 - image if invert else image
+
+
+def why_unreadable(error: Exception) -> str:
+    """torchvision's decoding error without the C++ source location it starts with ("decode_png.cpp:79, ...")."""
+    reason = re.sub(r"^.*?\.cpp:\d+, ", "", " ".join(str(error).split())).rstrip(".")
+    if reason.startswith("Unsupported image file"):
+        return "it is not an image (not a PNG, JPEG, WebP or GIF file)"
+    return reason
 
 
 class NormalizedImages(Dataset):
-    """uint8 images served as normalized float batches of one tensor, ``(images,)``: no labels."""
+    """Images in [0, 1] served as normalized batches of one tensor, ``(images,)``: no labels."""
 
     def __init__(self, images: Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
         self.images = images
@@ -114,7 +127,7 @@ class NormalizedImages(Dataset):
         return len(self.images)
 
     def __getitems__(self, indices: list[int]) -> tuple[Tensor]:
-        return ((self.images[torch.as_tensor(indices)].float() / 255 - self.mean) / self.std,)
+        return ((self.images[torch.as_tensor(indices)] - self.mean) / self.std,)
 
     def __getitem__(self, index: int) -> tuple[Tensor]:
         return (self.__getitems__([index])[0][0],)
