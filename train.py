@@ -17,11 +17,20 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from dropout_lab.cli import EVALUATE, DropoutLabCLI, run_test
+from dropout_lab.data.files import DatasetFilesError
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
 
 
 def main(args: list[str] | None = None) -> None:
+    try:
+        train_or_evaluate(args)
+    except DatasetFilesError as error:  # missing or corrupt dataset files: the message says what to do
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
+def train_or_evaluate(args: list[str] | None) -> None:
     argv = sys.argv[1:] if args is None else args
     if argv and argv[0] in SUBCOMMANDS:
         cli = DropoutLabCLI(args, run=True)  # LightningCLI runs the subcommand

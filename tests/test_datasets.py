@@ -8,6 +8,7 @@ point that table at them (the MD5 check itself is tested with a truncated file).
 
 import gzip
 import hashlib
+import importlib.util
 import pickle
 from pathlib import Path
 from urllib.error import URLError
@@ -242,6 +243,34 @@ def test_download_without_network_says_so_instead_of_a_network_traceback(cls, tm
     message = str(error.value)
     assert "the download failed" in message and "no network here" in message
     assert all(name in message for name in expected_files(cls)) and str(data.folder) in message
+    assert len(message.splitlines()) == 1
+
+
+@pytest.mark.parametrize("cls", DATAMODULES, ids=ids)
+def test_a_failed_download_leaves_no_folder_it_made_and_every_file_that_was_there(cls, tmp_path, monkeypatch):
+    monkeypatch.setattr("urllib.request.urlopen", offline)
+    with pytest.raises(FileNotFoundError):
+        cls(data_dir=str(tmp_path / "new" / "data")).prepare_data()
+    assert not (tmp_path / "new").exists()  # torchvision had made new/data/MNIST/raw (or new/data) before failing
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "notes.txt").write_text("mine")
+    with pytest.raises(FileNotFoundError):
+        cls(data_dir=str(tmp_path / "data")).prepare_data()
+    assert [path.name for path in (tmp_path / "data").iterdir()] == ["notes.txt"]
+
+
+def test_train_py_without_network_says_so_in_one_line_and_leaves_nothing(tmp_path, monkeypatch, capsys):
+    spec = importlib.util.spec_from_file_location("train_script", ROOT / "train.py")
+    train = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train)
+    monkeypatch.setattr("urllib.request.urlopen", offline)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_:
+        train.main(["--data=MNISTDataModule", *QUICK, f"--trainer.default_root_dir={tmp_path / 'runs'}"])
+    assert exit_.value.code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("error: MNIST files not found in data/MNIST/raw/ (the download failed")
+    assert list(tmp_path.iterdir()) == []  # no data/MNIST/raw, no run folder
 
 
 def test_original_archives_put_in_place_are_extracted_without_network(tmp_path, monkeypatch):

@@ -23,7 +23,7 @@ class TorchvisionDataModule(InMemoryDataModule):
         # Lightning calls this in one process per machine (local rank 0), before setup() on every rank.
         failure = None
         if self.hparams.download and not all((self.folder / name).is_file() for name in self.files):
-            failure = try_download(lambda: self.dataset(self.hparams.data_dir, train=False, download=True))
+            failure = try_download(lambda: self.dataset(self.hparams.data_dir, train=False, download=True), self.folder)
         self.check_files(failure)
 
 
