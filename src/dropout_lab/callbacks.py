@@ -115,7 +115,8 @@ def hparams_table(model: L.LightningModule, datamodule: L.LightningDataModule | 
     params = {
         "model": type(model).__name__,
         "data": type(datamodule).__name__ if datamodule is not None else None,
-        **{key: value for key, value in model_params.items() if "dropout" in key},
+        # The rates (dropout, input_dropout, conv_dropout), not the flags about them (learn_dropout, dropout_schedule).
+        **{key: value for key, value in model_params.items() if key.endswith("dropout") and type(value) is not bool},
         **{key: value for key, value in model_params.items() if key.endswith("lr")},
         "seed_everything": int(os.environ.get("PL_GLOBAL_SEED", -1)),
         **{key: value for key, value in data_params.items() if key.endswith("seed")},
