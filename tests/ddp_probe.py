@@ -32,3 +32,23 @@ class DropoutProbe(L.Callback):
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         torch.save({"weights": self.weights, "mask": self.mask}, self.out_dir / f"rank{trainer.global_rank}.pt")
+
+
+class RatesProbe(L.Callback):
+    """Save, per rank, the learned dropout rates at the end of training (``rates{N}.pt``).
+
+    Args:
+        out_dir: folder for ``rates{N}.pt``.
+    """
+
+    def __init__(self, out_dir: str) -> None:
+        self.out_dir = Path(out_dir)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        rates = {
+            name: layer.p_logit.detach().clone()
+            for name, layer in pl_module.net.named_modules()
+            if hasattr(layer, "p_logit")
+        }
+        torch.save(rates, self.out_dir / f"rates{trainer.global_rank}.pt")

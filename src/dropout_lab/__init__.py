@@ -10,13 +10,15 @@ from dropout_lab.data import (
     MNIST5kDataModule,
     MNISTDataModule,
 )
-from dropout_lab.dropout import CustomDropout, CustomDropout2d
+from dropout_lab.dropout import ConcreteDropout, ConcreteDropout2d, CustomDropout, CustomDropout2d
 from dropout_lab.prediction import load_classifier
 
 __all__ = [
     "CIFAR10DataModule",
     "CNNClassifier",
     "Classifier",
+    "ConcreteDropout",
+    "ConcreteDropout2d",
     "CustomDropout",
     "CustomDropout2d",
     "FashionMNISTDataModule",

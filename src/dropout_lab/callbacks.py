@@ -27,6 +27,7 @@ LAYOUT = {
         "gap": ["Multiline", ["gap/loss", "gap/acc"]],
     },
     "training (dropout on)": {"loss and accuracy": ["Multiline", ["train/loss", "train/acc"]]},
+    "dropout rates": {"p of every dropout layer": ["Multiline", [r"dropout/p/.*"]]},  # a regex: all layers
 }
 
 
@@ -91,7 +92,10 @@ class TensorBoardLayout(L.Callback):
             return
         # Lightning's own hyperparameter logging is off (save_hyperparameters(logger=False)) so that
         # the summary is written once, here, with the metrics the HParams dashboard should compare.
-        logger.log_hyperparams(hparams_table(pl_module, trainer.datamodule), {tag: math.nan for tag in HPARAM_METRICS})
+        metrics = {tag: math.nan for tag in HPARAM_METRICS}
+        # Learned dropout rates (learn_dropout) are compared across runs too: hp/p_<layer>, logged by the model.
+        metrics |= {f"hp/p_{name}": math.nan for name in getattr(pl_module, "learned_rates", dict)()}
+        logger.log_hyperparams(hparams_table(pl_module, trainer.datamodule), metrics)
 
 
 def hparams_table(model: L.LightningModule, datamodule: L.LightningDataModule | None) -> dict:
@@ -111,7 +115,8 @@ def hparams_table(model: L.LightningModule, datamodule: L.LightningDataModule | 
     params = {
         "model": type(model).__name__,
         "data": type(datamodule).__name__ if datamodule is not None else None,
-        **{key: value for key, value in model_params.items() if "dropout" in key},
+        # The rates (dropout, input_dropout, conv_dropout), not the flags about them (learn_dropout, dropout_schedule).
+        **{key: value for key, value in model_params.items() if key.endswith("dropout") and type(value) is not bool},
         **{key: value for key, value in model_params.items() if key.endswith("lr")},
         "seed_everything": int(os.environ.get("PL_GLOBAL_SEED", -1)),
         **{key: value for key, value in data_params.items() if key.endswith("seed")},

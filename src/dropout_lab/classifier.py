@@ -5,10 +5,15 @@ network in eval mode around every validation, test and predict loop (and the san
 and restores train mode afterwards, and CustomDropout follows ``self.training``. The one
 exception is Monte Carlo dropout (``mc_samples`` > 1): the test and predict loops' own hooks
 put the dropout layers, and only those, back in training mode; the loops restore every mode.
+
+Two ways to change the rates while training (docs/learned_dropout.md): ``learn_dropout`` learns them
+(ConcreteDropout, with its regularizer added to the training loss); ``dropout_schedule`` early or late
+sets them from the trainer's position in the run. ``dropout/p/<layer>`` logs where they are.
 """
 
 import math
 from collections.abc import Sequence
+from typing import Literal
 
 import lightning as L
 import torch
@@ -19,8 +24,8 @@ from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
 from dropout_lab.checkpointing import seed_dropout_stream
-from dropout_lab.dropout import CustomDropout
-from dropout_lab.nets import CNN, MLP
+from dropout_lab.dropout import ConcreteDropout, CustomDropout
+from dropout_lab.nets import CNN, MLP, concrete_dropout_and_next_layer
 from dropout_lab.uncertainty import calibration_metrics, entropy, mutual_information, update_calibration
 
 
@@ -35,6 +40,15 @@ def stage_metrics(num_classes: int, prefix: str) -> MetricCollection:
     )
 
 
+Schedule = Literal["constant", "early", "late"]
+Ramp = Literal["constant", "linear"]
+# The regularizer's weights for learn_dropout (docs/learned_dropout.md): dr is the paper's 2/N for the 4,500
+# embedded training digits (other data: 2/N); wr is the reference code's. The reference's dr = 1e-5 was, on
+# these digits, as if there were no regularizer: every rate drifted down, and the gap was larger.
+WEIGHT_REGULARIZER = 1e-6
+DROPOUT_REGULARIZER = 4.4e-4
+
+
 class Classifier(L.LightningModule):
     """Cross-entropy training and evaluation shared by MLPClassifier and CNNClassifier.
 
@@ -47,13 +61,38 @@ class Classifier(L.LightningModule):
         weight_decay: AdamW decoupled weight decay.
         cosine: anneal the learning rate to 0 along a cosine over the whole run.
         mc_samples: forward passes per image in test and predict; above 1, Monte Carlo dropout.
+        learn_dropout: the subclass built its net with ConcreteDropout layers; their regularizer joins the loss.
+        weight_regularizer: wr, see ConcreteDropout.regularizer.
+        dropout_regularizer: dr, see ConcreteDropout.regularizer.
+        dropout_schedule: constant, early or late (see scheduled_p); acts on the CustomDropout layers.
+        dropout_cutoff_epoch: where an early or late schedule switches, in epochs.
+        dropout_ramp: constant or linear (early only), see scheduled_p.
     """
 
     def __init__(
-        self, num_classes: int, lr: float = 1e-3, weight_decay: float = 0.0, cosine: bool = True, mc_samples: int = 1
+        self,
+        num_classes: int,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        cosine: bool = True,
+        mc_samples: int = 1,
+        *,
+        learn_dropout: bool = False,
+        weight_regularizer: float = WEIGHT_REGULARIZER,
+        dropout_regularizer: float = DROPOUT_REGULARIZER,
+        dropout_schedule: Schedule = "constant",
+        dropout_cutoff_epoch: int | None = None,
+        dropout_ramp: Ramp = "constant",
     ) -> None:
         super().__init__()
         self.lr, self.weight_decay, self.cosine = lr, weight_decay, cosine
+        self.learn_dropout = learn_dropout
+        self.weight_regularizer = check_regularizer(weight_regularizer, "weight_regularizer")
+        self.dropout_regularizer = check_regularizer(dropout_regularizer, "dropout_regularizer")
+        check_schedule(dropout_schedule, dropout_cutoff_epoch, dropout_ramp, learn_dropout)
+        self.dropout_schedule, self.dropout_ramp = dropout_schedule, dropout_ramp
+        self.dropout_cutoff_epoch = dropout_cutoff_epoch
+        self.set_rates: dict[str, float] = {}  # a schedule's full rate per CustomDropout layer, from setup
         self.planned_steps: float | None = None  # the cosine's length, from configure_optimizers
         self.checkpoint_planned_steps: float | None = None  # the length planned by a resumed run
         # Attribute names, not ModuleDict keys: a key "train" would shadow nn.Module.train.
@@ -79,9 +118,63 @@ class Classifier(L.LightningModule):
         # re-seeding and after the weights were built, so the initial weights stay identical.
         if self.trainer.world_size > 1:
             seed_dropout_stream(torch.initial_seed(), self.global_rank)
+        if stage == "fit":
+            self.check_dropout_cutoff(self.trainer.max_epochs)
+            # Once: a second fit in this process starts from the set rates, not the last scheduled ones.
+            self.set_rates = self.set_rates or {
+                name: layer.p for name, layer in dropout_layers(self.net).items() if isinstance(layer, CustomDropout)
+            }
+
+    def check_dropout_cutoff(self, max_epochs: int | None) -> None:
+        """Refuse an early or late schedule whose cutoff lies beyond the run's end: it would never switch.
+
+        Called by the CLI before anything is written, and by ``setup`` for runs started from Python.
+        """
+        cutoff = self.dropout_cutoff_epoch
+        if self.dropout_schedule != "constant" and max_epochs not in (None, -1) and cutoff > max_epochs:
+            raise ValueError(
+                f"dropout_cutoff_epoch={cutoff} lies beyond max_epochs={max_epochs}: the {self.dropout_schedule} "
+                f"schedule would never switch. Use a cutoff from 0 to {max_epochs}, or more epochs."
+            )
+
+    def on_train_batch_start(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        if self.dropout_schedule == "constant":
+            return
+        # The position in the run, in epochs, from the trainer alone: a resumed run, whose trainer
+        # restores epoch and batch, continues the schedule exactly, with no state of ours to save.
+        epoch = self.trainer.current_epoch + batch_idx / self.trainer.num_training_batches
+        layers = dropout_layers(self.net)
+        for name, p in self.set_rates.items():
+            layers[name].p = scheduled_p(p, self.dropout_schedule, self.dropout_cutoff_epoch, self.dropout_ramp, epoch)
+
+    def on_train_end(self) -> None:
+        # The schedule is for training: test and predict (MC dropout) use the set rates, as a model loaded
+        # from a checkpoint does (a CustomDropout's p is an argument, not part of the state_dict).
+        layers = dropout_layers(self.net)
+        for name, p in self.set_rates.items():
+            layers[name].p = p
+
+    def on_validation_epoch_end(self) -> None:
+        # Where the rates are: learned, scheduled (the last training step's), or fixed (a flat line).
+        rates = {f"dropout/p/{name}": p for name, p in dropout_rates(self.net).items()}
+        learned = {f"hp/p_{name}": p for name, p in self.learned_rates().items()}  # the HParams columns
+        # Every rank holds the same rates (DDP averages p's gradients): the mean over ranks changes nothing.
+        self.log_dict(rates | learned, sync_dist=True)
+
+    def learned_rates(self) -> dict[str, float]:
+        """The drop probability of each ConcreteDropout layer by its name in ``net``; empty without learn_dropout."""
+        learned = {name for name, layer in dropout_layers(self.net).items() if isinstance(layer, ConcreteDropout)}
+        return {name: p for name, p in dropout_rates(self.net).items() if name in learned}
+
+    def concrete_regularizer(self) -> Tensor:
+        """The sum of every ConcreteDropout layer's regularizer, on the layer that takes its output."""
+        pairs = concrete_dropout_and_next_layer(self.net)
+        return sum(layer.regularizer(nxt, self.weight_regularizer, self.dropout_regularizer) for _, layer, nxt in pairs)
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         logits, loss = self._logits_and_loss(batch)
+        # Concrete dropout's loss is the data's plus the regularizer; without it the rates would go to 0.
+        regularizer = self.concrete_regularizer() if self.learn_dropout else None
         # Lightning writes step values every log_every_n_steps steps, and each self.log call costs
         # about 0.4 ms (a Metric update per key): for a small model, a tenth of its step. Log on
         # the steps that are written (Lightning's own test, global_step counting the steps done).
@@ -90,7 +183,9 @@ class Classifier(L.LightningModule):
             accuracy = (logits.argmax(dim=-1) == batch[1]).float().mean()
             metrics = {"train/loss": loss.detach(), "train/acc": accuracy}
             self.log_dict(metrics, on_step=True, on_epoch=False, prog_bar=True)
-        return loss
+            if regularizer is not None:
+                self.log("train/regularizer", regularizer.detach(), on_step=True, on_epoch=False)
+        return loss if regularizer is None else loss + regularizer
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
         # The DataModule's second validation loader, if any, is a subset of the training data:
@@ -225,6 +320,54 @@ def cosine(step: int, steps: float) -> float:
     return 0.5 * (1 + math.cos(math.pi * min(step / steps, 1.0)))
 
 
+def scheduled_p(p: float, schedule: Schedule, cutoff: int | None, ramp: Ramp, epoch: float) -> float:
+    """The drop probability at ``epoch`` (fractional) of a layer set to ``p`` (Liu et al., ICML 2023).
+
+    constant: p throughout. early: p until the cutoff epoch, then 0 (ramp linear: from p down to 0 along a
+    line that reaches 0 at the cutoff). late: 0 until the cutoff epoch, then p.
+    """
+    if schedule == "constant":
+        return p
+    if schedule == "late":
+        return p if epoch >= cutoff else 0.0
+    if epoch >= cutoff:
+        return 0.0
+    return p * (1 - epoch / cutoff) if ramp == "linear" else p
+
+
+def check_schedule(schedule: str, cutoff: int | None, ramp: str, learn_dropout: bool) -> None:
+    if schedule not in ("constant", "early", "late"):
+        raise ValueError(f"dropout_schedule must be constant, early or late, got {schedule!r}")
+    if ramp not in ("constant", "linear"):
+        raise ValueError(f"dropout_ramp must be constant or linear, got {ramp!r}")
+    if schedule == "constant":
+        if cutoff is not None or ramp != "constant":
+            raise ValueError(
+                "dropout_cutoff_epoch and dropout_ramp shape an early or late schedule: set dropout_schedule=early "
+                "or late, or leave them out."
+            )
+        return
+    if learn_dropout:
+        raise ValueError(
+            f"dropout_schedule={schedule} sets the rates by epoch and learn_dropout=true learns them: choose one."
+        )
+    if isinstance(cutoff, bool) or not isinstance(cutoff, int) or cutoff < 0:
+        raise ValueError(
+            f"dropout_schedule={schedule} needs dropout_cutoff_epoch, the epoch (an integer >= 0) at which dropout "
+            f"switches {'off' if schedule == 'early' else 'on'}; got {cutoff!r}."
+        )
+    if schedule == "late" and ramp == "linear":
+        raise ValueError(
+            "dropout_ramp=linear ramps early dropout down to the cutoff; late dropout switches on at once."
+        )
+
+
+def check_regularizer(value: float, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        raise ValueError(f"{name} weighs a term of the loss and must be >= 0, got {value!r} (0 turns the term off).")
+    return float(value)
+
+
 def check_mc_samples(mc_samples: int) -> int:
     if isinstance(mc_samples, bool) or not isinstance(mc_samples, int) or mc_samples < 1:
         raise ValueError(
@@ -234,11 +377,22 @@ def check_mc_samples(mc_samples: int) -> int:
     return mc_samples
 
 
+def dropout_layers(module: torch.nn.Module) -> dict[str, torch.nn.Module]:
+    """The CustomDropout(2d) and ConcreteDropout(2d) layers in ``module``, by name."""
+    # The 2d layers are subclasses of the others.
+    return {name: m for name, m in module.named_modules() if isinstance(m, (CustomDropout, ConcreteDropout))}
+
+
+def dropout_rates(module: torch.nn.Module) -> dict[str, float]:
+    """The drop probability of every dropout layer in ``module`` now (set, scheduled or learned), by name."""
+    layers = dropout_layers(module).items()
+    return {name: layer.p.item() if isinstance(layer, ConcreteDropout) else layer.p for name, layer in layers}
+
+
 def dropout_layers_on(model: torch.nn.Module) -> None:
-    """Put the CustomDropout and CustomDropout2d layers of ``model`` in training mode, nothing else."""
-    for module in model.modules():
-        if isinstance(module, CustomDropout):  # CustomDropout2d is a subclass
-            module.train()
+    """Put the dropout layers of ``model`` (CustomDropout, ConcreteDropout, their 2d versions) in training mode."""
+    for module in dropout_layers(model).values():
+        module.train()
 
 
 class MLPClassifier(Classifier):
@@ -256,6 +410,13 @@ class MLPClassifier(Classifier):
         compile: compile the network with torch.compile (the first steps are slower while it compiles).
         mc_samples: forward passes per image in test and predict; above 1, Monte Carlo dropout (the mean
             of that many passes with the dropout layers on). 1: the deterministic eval-mode pass.
+        learn_dropout: learn every dropout rate (Concrete dropout), from the rates above (each then 0 < p < 1).
+        concrete_temperature: with learn_dropout, the temperature of the relaxed drop masks (> 0; the paper's 0.1).
+        weight_regularizer: with learn_dropout, wr in the loss's wr·Σθ²/(1−p) over the layer after each dropout.
+        dropout_regularizer: with learn_dropout, dr in the loss's dr·K·(p log p + (1−p) log(1−p)); 2/N for N examples.
+        dropout_schedule: constant rates; early: the rates until dropout_cutoff_epoch, then 0; late: 0, then the rates.
+        dropout_cutoff_epoch: the epoch at which an early or late schedule switches (0 to max_epochs).
+        dropout_ramp: early schedule only; constant: the rates until the cutoff; linear: down to 0 at the cutoff.
     """
 
     def __init__(
@@ -270,10 +431,29 @@ class MLPClassifier(Classifier):
         cosine: bool = True,
         compile: bool = False,
         mc_samples: int = 1,
+        learn_dropout: bool = False,
+        concrete_temperature: float = 0.1,
+        weight_regularizer: float = WEIGHT_REGULARIZER,
+        dropout_regularizer: float = DROPOUT_REGULARIZER,
+        dropout_schedule: Schedule = "constant",
+        dropout_cutoff_epoch: int | None = None,
+        dropout_ramp: Ramp = "constant",
     ) -> None:
-        super().__init__(num_classes, lr, weight_decay, cosine, mc_samples)
+        super().__init__(
+            num_classes,
+            lr,
+            weight_decay,
+            cosine,
+            mc_samples,
+            learn_dropout=learn_dropout,
+            weight_regularizer=weight_regularizer,
+            dropout_regularizer=dropout_regularizer,
+            dropout_schedule=dropout_schedule,
+            dropout_cutoff_epoch=dropout_cutoff_epoch,
+            dropout_ramp=dropout_ramp,
+        )
         self.save_hyperparameters(logger=False)  # TensorBoardLayout logs them, with metrics
-        self.net = MLP(input_shape, num_classes, hidden, dropout, input_dropout)
+        self.net = MLP(input_shape, num_classes, hidden, dropout, input_dropout, learn_dropout, concrete_temperature)
         if compile:
             self.net.compile()  # in place: the state_dict keys, hence checkpoints, stay those of the plain net
 
@@ -297,6 +477,13 @@ class CNNClassifier(Classifier):
         compile: compile the network with torch.compile (the first steps are slower while it compiles).
         mc_samples: forward passes per image in test and predict; above 1, Monte Carlo dropout (the mean
             of that many passes with the dropout layers on). 1: the deterministic eval-mode pass.
+        learn_dropout: learn every dropout rate (Concrete dropout), from the rates above (each then 0 < p < 1).
+        concrete_temperature: with learn_dropout, the temperature of the relaxed drop masks (> 0; the paper's 0.1).
+        weight_regularizer: with learn_dropout, wr in the loss's wr·Σθ²/(1−p) over the layer after each dropout.
+        dropout_regularizer: with learn_dropout, dr in the loss's dr·K·(p log p + (1−p) log(1−p)); 2/N for N examples.
+        dropout_schedule: constant rates; early: the rates until dropout_cutoff_epoch, then 0; late: 0, then the rates.
+        dropout_cutoff_epoch: the epoch at which an early or late schedule switches (0 to max_epochs).
+        dropout_ramp: early schedule only; constant: the rates until the cutoff; linear: down to 0 at the cutoff.
     """
 
     def __init__(
@@ -313,9 +500,38 @@ class CNNClassifier(Classifier):
         cosine: bool = True,
         compile: bool = False,
         mc_samples: int = 1,
+        learn_dropout: bool = False,
+        concrete_temperature: float = 0.1,
+        weight_regularizer: float = WEIGHT_REGULARIZER,
+        dropout_regularizer: float = DROPOUT_REGULARIZER,
+        dropout_schedule: Schedule = "constant",
+        dropout_cutoff_epoch: int | None = None,
+        dropout_ramp: Ramp = "constant",
     ) -> None:
-        super().__init__(num_classes, lr, weight_decay, cosine, mc_samples)
+        super().__init__(
+            num_classes,
+            lr,
+            weight_decay,
+            cosine,
+            mc_samples,
+            learn_dropout=learn_dropout,
+            weight_regularizer=weight_regularizer,
+            dropout_regularizer=dropout_regularizer,
+            dropout_schedule=dropout_schedule,
+            dropout_cutoff_epoch=dropout_cutoff_epoch,
+            dropout_ramp=dropout_ramp,
+        )
         self.save_hyperparameters(logger=False)  # TensorBoardLayout logs them, with metrics
-        self.net = CNN(input_shape, num_classes, channels, hidden, dropout, conv_dropout, batch_norm)
+        self.net = CNN(
+            input_shape,
+            num_classes,
+            channels,
+            hidden,
+            dropout,
+            conv_dropout,
+            batch_norm,
+            learn_dropout,
+            concrete_temperature,
+        )
         if compile:
             self.net.compile()  # in place: the state_dict keys, hence checkpoints, stay those of the plain net

