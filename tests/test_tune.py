@@ -11,7 +11,7 @@ import pytest
 from conftest import ROOT, read_events, run_train, scalars
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from dropout_lab.tuning import SpaceError, TuneCLI, parse_entry, tune
+from dropout_lab.tuning import VALIDATION_METRICS, SpaceError, TuneCLI, metric_direction, parse_entry, tune, user_config
 
 # A trial of a few batches; every trial of these tests takes seconds.
 TINY = [
@@ -96,6 +96,10 @@ def test_malformed_search_space_entry_is_refused(entry, message):
         (["--tune.n_trails=3"], "did you mean --tune.n_trials?"),
         (["--model=CNNClassifier", "--tune.params=[model.input_dropout=float:0:0.5]"], "did you mean --model.dropout?"),
         (["--tune.storage=afile/study.db"], "cannot open the study storage"),
+        (
+            ["--tune.metric=val/accuracy"],
+            "--tune.metric=val/accuracy is not logged at validation (did you mean val/acc?)",
+        ),
     ],
 )
 def test_bad_input_is_refused_before_anything_is_written(tmp_path, capsys, monkeypatch, args, message):
@@ -112,7 +116,44 @@ def test_a_metric_of_the_other_direction_does_not_join_an_existing_study(tmp_pat
     optuna.create_study(study_name="tune", storage=f"sqlite:///{tmp_path / 'optuna.db'}", direction="maximize")
     with pytest.raises(SystemExit):
         run_tune("--tune.metric=val/loss", root=tmp_path)
-    assert "was created to maximize its metric, and this --tune.metric would be minimized" in capsys.readouterr().err
+    assert "was created to maximize its metric, and this run would minimize it" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("metric", "direction", "expected"),
+    [
+        ("val/acc", None, "maximize"),
+        ("hp/val_acc_best", None, "maximize"),  # not named *acc, still an accuracy
+        ("gap/acc", None, "minimize"),  # a gap, not an accuracy
+        ("val/loss", "maximize", "maximize"),  # explicit wins
+        ("my/f1", None, "minimize"),  # a model from elsewhere may log its own
+    ],
+)
+def test_the_direction_follows_the_metric_unless_given(metric, direction, expected):
+    model = "my_module.MyClassifier" if metric == "my/f1" else "dropout_lab.MLPClassifier"
+    assert metric_direction(metric, direction, model) == expected
+
+
+def test_an_explicit_direction_joins_a_study_of_that_direction(tmp_path, capsys):
+    study = optuna.create_study(study_name="tune", storage=f"sqlite:///{tmp_path / 'optuna.db'}", direction="maximize")
+    study.add_trial(optuna.trial.create_trial(value=0.5))  # the study's one trial is already there: nothing runs
+    run_tune("--tune.metric=val/loss", "--tune.direction=maximize", "--tune.n_trials=1", root=tmp_path)
+    assert "Best: trial 0, val/loss=0.5000" in capsys.readouterr().out
+
+
+def test_a_tensorboard_logger_flag_keeps_the_study_in_the_root_dir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cli = TuneCLI(["--trainer.logger=TensorBoardLogger", f"--trainer.default_root_dir={tmp_path / 'out'}"])
+    config, root = user_config(cli)
+    assert root == tmp_path / "out"  # not a folder named <trainer.default_root_dir>
+    assert config["trainer"]["logger"]["init_args"]["save_dir"] == str(tmp_path / "out")
+
+
+@pytest.mark.slow
+def test_every_validation_is_reported_when_there_are_two_per_epoch(tmp_path):
+    run_tune(*TINY, "--trainer.val_check_interval=0.5", "--tune.n_trials=1", root=tmp_path)
+    (trial,) = load_study(tmp_path).trials
+    assert trial.state == COMPLETE and sorted(trial.intermediate_values) == [0, 1]
 
 
 @pytest.mark.slow
@@ -132,12 +173,17 @@ def test_tiny_search_writes_trials_runs_and_a_best_config_that_train_py_reproduc
         assert "gap/loss" in events.Tags()["scalars"]
         assert scalars(events, "val/acc")[-1][1] == pytest.approx(trial.value)
 
+    # VALIDATION_METRICS, which --tune.metric is checked against, is what a run logs at validation.
+    logged = {tag for tag in events.Tags()["scalars"] if tag.split("/")[0] in ("val", "train_eval", "gap", "hp")}
+    assert logged == set(VALIDATION_METRICS)
+
     best = max(trials, key=lambda t: t.value)
     assert f"Best: trial {best.number}, val/acc={best.value:.4f}" in out
     config = tmp_path / "tune" / "best_config.yaml"
     assert f"dropout: {best.params['model.dropout']}" in config.read_text()
+    assert "tensorboard --logdir " + str(tmp_path / "tune") in out
     run_train("--config", str(config), root=tmp_path / "again")
-    (again,) = (tmp_path / "again" / "lightning_logs").iterdir()
+    again = tmp_path / "tune" / "best" / "version_0"  # beside the trials, where that tensorboard command looks
     assert scalars(read_events(again), "val/acc")[-1][1] == pytest.approx(best.value, abs=1e-6)
 
 
@@ -152,7 +198,7 @@ def test_pruning_stops_a_trial_worse_than_the_median_early(tmp_path, capsys):
 
     trial = load_study(tmp_path).trials[5]  # a learning rate far too small to learn anything
     assert trial.state == PRUNED and trial.user_attrs["epochs"] == 1
-    assert "Trial 5 pruned after epoch 1: val/acc=" in capsys.readouterr().out
+    assert "Trial 5 pruned at validation 1 (epoch 1): val/acc=" in capsys.readouterr().out
     run_dir = tmp_path / "tune" / "version_5"
     assert tune_hparams(run_dir) == {"tune/trial": 5, "tune/state": "PRUNED"}
     assert [step for step, _ in scalars(read_events(run_dir), "val/acc")] == [1]

@@ -35,7 +35,7 @@ from lightning.pytorch.cli import LightningArgumentParser
 from torch.utils.tensorboard.summary import hparams
 
 from dropout_lab.callbacks import HPARAM_METRICS, TensorBoardLayout, hparams_table
-from dropout_lab.cli import DropoutLabCLI
+from dropout_lab.cli import DEFAULT_ROOT_DIR, DropoutLabCLI
 from dropout_lab.suggestions import init_parameters
 
 TYPES = ("float", "log", "int", "categorical")
@@ -47,6 +47,19 @@ COUNTED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, opt
 # started by any worker marks it failed.
 HEARTBEAT_S = 10
 WORKER = f"{socket.gethostname()}:{os.getpid()}"
+# What a run of this package's classifiers logs at every validation (Classifier's val/ and train_eval/, the
+# GeneralizationGap callback's gap/ and hp/), with the direction that is better; a test checks it against a run.
+VALIDATION_METRICS = {
+    "val/acc": "maximize",
+    "val/loss": "minimize",
+    "train_eval/acc": "maximize",
+    "train_eval/loss": "minimize",
+    "gap/loss": "minimize",
+    "gap/acc": "minimize",
+    "hp/val_acc_best": "maximize",
+    "hp/gap_loss": "minimize",
+    "hp/gap_acc": "minimize",
+}
 
 
 class TuneCLI(DropoutLabCLI):
@@ -78,14 +91,25 @@ class TuneCLI(DropoutLabCLI):
             "Default: every *dropout argument of the model.",
         )
         parser.add_argument(
-            "--tune.metric", type=str, default="val/acc", help="Maximized if it ends in 'acc', else minimized."
+            "--tune.metric",
+            type=str,
+            default="val/acc",
+            help=f"What the trials are compared by, as the run logs it at validation: {', '.join(VALIDATION_METRICS)}.",
+        )
+        parser.add_argument(
+            "--tune.direction",
+            type=Literal["maximize", "minimize"] | None,
+            default=None,
+            help="Whether a larger or a smaller --tune.metric is better; default: accuracies are maximized, "
+            "losses and gaps minimized.",
         )
         parser.add_argument(
             "--tune.pruner",
             type=Literal["median", "none"],
             default="median",
-            help="median: stop a trial whose metric is worse than the median of earlier trials at that epoch "
-            "(after 5 finished trials); none: run every trial to the end.",
+            help="median: stop a trial whose metric at its Nth validation is worse than the median of earlier "
+            "trials at their Nth (after 5 finished trials; one validation per epoch unless "
+            "--trainer.val_check_interval or check_val_every_n_epoch say otherwise); none: run every trial to the end.",
         )
         parser.add_argument(
             "--tune.storage",
@@ -205,6 +229,19 @@ def storage_url(storage: str | None, root: Path) -> str:
     return f"sqlite:///{Path(storage).resolve()}"
 
 
+def metric_direction(metric: str, direction: str | None, model_class_path: str) -> str:
+    """--tune.direction, or the metric's own; a name this package's classifiers do not log is refused here,
+    not after a whole trial (a model from elsewhere may log others: those are checked at its first validation)."""
+    known = VALIDATION_METRICS.get(metric)
+    if known is None and model_class_path.startswith("dropout_lab."):
+        hint = difflib.get_close_matches(metric, VALIDATION_METRICS, n=1)
+        raise SpaceError(
+            f"--tune.metric={metric} is not logged at validation{f' (did you mean {hint[0]}?)' if hint else ''}; "
+            f"the run logs {', '.join(VALIDATION_METRICS)}."
+        )
+    return direction or known or ("maximize" if metric.endswith("acc") else "minimize")
+
+
 def open_study(url: str, name: str, direction: str, pruner: str) -> optuna.Study:
     try:
         if url.startswith("sqlite:///"):
@@ -217,9 +254,10 @@ def open_study(url: str, name: str, direction: str, pruner: str) -> optuna.Study
         ) from error
     # Optuna keeps an existing study's direction whatever create_study is told.
     if study.direction.name.lower() != direction:
+        created = study.direction.name.lower()
         raise SpaceError(
-            f"study {name!r} in {url} was created to {study.direction.name.lower()} its metric, and this "
-            f"--tune.metric would be {direction}d. Use another --tune.study_name, or that study's metric."
+            f"study {name!r} in {url} was created to {created} its metric, and this run would {direction} it. "
+            f"Use another --tune.study_name, or that study's metric (and --tune.direction={created})."
         )
     return study
 
@@ -252,6 +290,9 @@ class ReportToTrial(L.Callback):
     def __init__(self, trial: optuna.Trial, metric: str, maximize: bool) -> None:
         self.trial, self.metric, self.maximize = trial, metric, maximize
         self.best = -math.inf if maximize else math.inf
+        # The step of each report: validations, not epochs, so that several per epoch
+        # (--trainer.val_check_interval=0.5) are reported, and the pruner compares trials at the same one.
+        self.validations = 0
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking:
@@ -262,13 +303,13 @@ class ReportToTrial(L.Callback):
             )
         value = trainer.callback_metrics[self.metric].item()
         self.best = max(self.best, value) if self.maximize else min(self.best, value)
-        epoch = trainer.current_epoch
-        self.trial.report(value, step=epoch)
+        self.trial.report(value, step=self.validations)
+        self.validations += 1
         # Raised before this epoch's checkpoints are written: Lightning runs ModelCheckpoint's hooks last.
         if self.trial.should_prune():
             raise optuna.TrialPruned(
-                f"pruned after epoch {epoch + 1}: {self.metric}={value:.4f} "
-                "is worse than the median of earlier trials at this epoch"
+                f"pruned at validation {self.validations} (epoch {trainer.current_epoch + 1}): "
+                f"{self.metric}={value:.4f} is worse than the median of earlier trials at this validation"
             )
 
 
@@ -398,9 +439,10 @@ def tune(cli: TuneCLI) -> None:
         user, root = user_config(cli)
         space = parse_space(options.params, user["model"]["class_path"])
         check_keys(cli, yaml.safe_dump(user), space)
-        maximize = options.metric.endswith("acc")
+        direction = metric_direction(options.metric, options.direction, user["model"]["class_path"])
+        maximize = direction == "maximize"
         url = storage_url(options.storage, root)
-        study = open_study(url, options.study_name, "maximize" if maximize else "minimize", options.pruner)
+        study = open_study(url, options.study_name, direction, options.pruner)
     except SpaceError as error:
         cli.parser.exit(2, f"error: {error}\n")
     base = trial_config(user, root, options.study_name)
@@ -418,11 +460,11 @@ def tune(cli: TuneCLI) -> None:
     except SpaceError as error:
         cli.parser.exit(2, f"error: {error}\n")
     except KeyboardInterrupt:
-        summarize(cli, study, user, root / options.study_name, options.metric)
+        summarize(cli, study, user, root, options.metric)
         cli.parser.exit(
             130, f"\nInterrupted. The finished trials are kept in {url}; run the same command to continue.\n"
         )
-    summarize(cli, study, user, root / options.study_name, options.metric)
+    summarize(cli, study, user, root, options.metric)
 
 
 def user_config(cli: TuneCLI) -> tuple[dict, Path]:
@@ -432,7 +474,11 @@ def user_config(cli: TuneCLI) -> tuple[dict, Path]:
     if logger in (None, True):
         root = Path(config["trainer"].get("default_root_dir") or ".")
     elif isinstance(logger, dict) and logger["class_path"].endswith("TensorBoardLogger"):
-        root = Path(logger["init_args"].get("save_dir") or ".")
+        # --trainer.logger=TensorBoardLogger gets cli.py's placeholder save_dir, which train.py replaces in a
+        # hook that tune.py skips: left here, the study would go to a folder named after the placeholder.
+        if logger["init_args"].get("save_dir") in (None, DEFAULT_ROOT_DIR):
+            logger["init_args"]["save_dir"] = config["trainer"].get("default_root_dir") or "."
+        root = Path(logger["init_args"]["save_dir"])
     else:
         raise SpaceError(
             "tune.py logs every trial to TensorBoard: leave --trainer.logger out, or use a TensorBoardLogger."
@@ -451,7 +497,8 @@ def trial_config(user: dict, root: Path, study_name: str) -> dict:
     return {**user, "trainer": {**user["trainer"], "logger": logger}}
 
 
-def summarize(cli: TuneCLI, study: optuna.Study, user: dict, folder: Path, metric: str) -> None:
+def summarize(cli: TuneCLI, study: optuna.Study, user: dict, root: Path, metric: str) -> None:
+    folder = root / study.study_name
     trials = study.get_trials(deepcopy=False)
     keys = sorted({key for trial in trials for key in trial.params})
     print(f"\n{'trial':>5}  {'state':<8} {metric:>9} {'epochs':>6}  " + "  ".join(f"{key:>19}" for key in keys))
@@ -474,18 +521,21 @@ def summarize(cli: TuneCLI, study: optuna.Study, user: dict, folder: Path, metri
         return
     best = study.best_trial
     flags = [f"--{key}={flag_value(value)}" for key, value in best.params.items()]
-    config = cli.parser.parse_args(["--config", yaml.safe_dump(user), *flags])
+    # Its run goes beside the trials (STUDY/best/version_N), so the same tensorboard --logdir shows it.
+    reproduce = trial_config(user, root, f"{study.study_name}/best")
+    reproduce["trainer"]["logger"]["init_args"]["version"] = None
+    config = cli.parser.parse_args(["--config", yaml.safe_dump(reproduce), *flags])
     config.pop("tune")
     path = folder / "best_config.yaml"
     header = (
         f"# Best trial {best.number} of study {study.study_name!r}: {metric}={best.value:.4f} "
         f"({best.user_attrs.get('run', 'no run folder')}).\n"
-        f"# Reproduce it: python train.py --config {path}\n"
+        f"# Reproduce it: python train.py --config {path}   (its run goes to {folder / 'best'}/version_N)\n"
     )
     folder.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(f".{time.time_ns()}.tmp")
     partial.write_text(header + cli.parser.dump(config, skip_none=False))
     partial.replace(path)  # atomic: two workers may write it at once
     print(f"\nBest: trial {best.number}, {metric}={best.value:.4f}, {' '.join(flags)}")
-    print(f"Its config: {path}\nReproduce it: python train.py --config {path}")
-    print(f"Compare the trials in TensorBoard: tensorboard --logdir {folder}")
+    print(f"Its config: {path}\nReproduce it: python train.py --config {path}   (run: {folder / 'best'}/version_N)")
+    print(f"Compare the trials and the reproduced run in TensorBoard: tensorboard --logdir {folder}")
