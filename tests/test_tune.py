@@ -108,7 +108,10 @@ def test_malformed_search_space_entry_is_refused(entry, message):
             "--tune.sampler=grid runs listed values, and model.dropout=float:0:0.5 is a range",
         ),
         (["--tune.sampler=grid"], "--tune.sampler=grid runs listed values: --tune.params="),
-        (["--tune.sampler=grid", "--tune.params=[model.dropout=categorical:0:0.5]", "--tune.repeats=0"], "repeats=0"),
+        (
+            ["--tune.sampler=grid", "--tune.params=[model.dropout=categorical:0:0.5]", "--tune.repeats=0"],
+            "--tune.repeats=0: a grid runs",
+        ),
         (["--tune.repeats=3"], "a tpe search has no repeats"),
         (["--tune.summary_only=true"], "no study storage at"),
     ],

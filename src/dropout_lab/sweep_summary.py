@@ -13,6 +13,7 @@
 import csv
 import math
 import statistics
+import time
 from pathlib import Path
 
 import optuna
@@ -76,11 +77,18 @@ def seeds(row: dict) -> int:
 def write_csv(keys: list[str], rows: list[dict], path: Path) -> None:
     """One row per grid point; a missing value (a std over one seed) is an empty cell."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as file:
+    partial = partial_path(path)
+    with partial.open("w", newline="") as file:
         writer = csv.DictWriter(file, fieldnames=list(rows[0]))
         writer.writeheader()
         for row in rows:
             writer.writerow({key: "" if isinstance(v, float) and math.isnan(v) else v for key, v in row.items()})
+    partial.replace(path)
+
+
+def partial_path(path: Path) -> Path:
+    """Where to write ``path`` before renaming it: every worker of a sweep writes the summary at its end."""
+    return path.with_suffix(f".{time.time_ns()}.tmp{path.suffix}")
 
 
 def format_table(keys: list[str], rows: list[dict]) -> str:
@@ -151,7 +159,9 @@ def write_figure(figure, folder: Path, step: int) -> Path:
     """``summary.png`` in ``folder``, and the same image in TensorBoard (run ``summary``, at ``step``)."""
     path = folder / "summary.png"
     folder.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120)
+    partial = partial_path(path)
+    figure.savefig(partial, dpi=120)
+    partial.replace(path)
     with SummaryWriter(str(folder / "summary")) as writer:
         writer.add_figure("summary", figure, global_step=step, close=False)
     return path
