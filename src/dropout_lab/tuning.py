@@ -445,7 +445,7 @@ class KeepTestMetrics(L.Callback):
         self.values |= {tag: value.item() for tag, value in metrics.items() if tag.startswith("test/")}
 
 
-def test_and_collect(trainer: L.Trainer, cli: DropoutLabCLI) -> dict[str, float]:
+def final_values(trainer: L.Trainer, cli: DropoutLabCLI) -> dict[str, float]:
     """The values a grid's summary needs: the fit's last ones, then the test of the checkpoint train.py tests."""
     logged = {tag: value.item() for tag, value in trainer.callback_metrics.items()}
     keep = KeepTestMetrics()
@@ -485,7 +485,7 @@ def objective(
     try:
         trainer.fit(cli.model, cli.datamodule)
         if points is not None:
-            for name, value in test_and_collect(trainer, cli).items():
+            for name, value in final_values(trainer, cli).items():
                 trial.set_user_attr(name, value)
         state = "COMPLETE"
     except optuna.TrialPruned as pruned:
