@@ -1,7 +1,10 @@
-"""python tune.py: the search space, bad input, trials as TensorBoard runs, pruning, failures, resuming, workers."""
+"""python tune.py: the search space, bad input, trials as TensorBoard runs, pruning, failures, resuming, workers,
+and the grid over seeds (its summary and figure: test_sweep_summary.py)."""
 
+import csv
 import os
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +14,7 @@ import pytest
 from conftest import ROOT, read_events, run_train, scalars
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from dropout_lab.tuning import SpaceError, TuneCLI, parse_entry, tune
+from dropout_lab.tuning import VALIDATION_METRICS, SpaceError, TuneCLI, metric_direction, parse_entry, tune, user_config
 
 # A trial of a few batches; every trial of these tests takes seconds.
 TINY = [
@@ -96,6 +99,21 @@ def test_malformed_search_space_entry_is_refused(entry, message):
         (["--tune.n_trails=3"], "did you mean --tune.n_trials?"),
         (["--model=CNNClassifier", "--tune.params=[model.input_dropout=float:0:0.5]"], "did you mean --model.dropout?"),
         (["--tune.storage=afile/study.db"], "cannot open the study storage"),
+        (
+            ["--tune.metric=val/accuracy"],
+            "--tune.metric=val/accuracy is not logged at validation (did you mean val/acc?)",
+        ),
+        (
+            ["--tune.sampler=grid", "--tune.params=[model.dropout=float:0:0.5]"],
+            "--tune.sampler=grid runs listed values, and model.dropout=float:0:0.5 is a range",
+        ),
+        (["--tune.sampler=grid"], "--tune.sampler=grid runs listed values: --tune.params="),
+        (
+            ["--tune.sampler=grid", "--tune.params=[model.dropout=categorical:0:0.5]", "--tune.repeats=0"],
+            "--tune.repeats=0: a grid runs",
+        ),
+        (["--tune.repeats=3"], "a tpe search has no repeats"),
+        (["--tune.summary_only=true"], "no study storage at"),
     ],
 )
 def test_bad_input_is_refused_before_anything_is_written(tmp_path, capsys, monkeypatch, args, message):
@@ -112,7 +130,44 @@ def test_a_metric_of_the_other_direction_does_not_join_an_existing_study(tmp_pat
     optuna.create_study(study_name="tune", storage=f"sqlite:///{tmp_path / 'optuna.db'}", direction="maximize")
     with pytest.raises(SystemExit):
         run_tune("--tune.metric=val/loss", root=tmp_path)
-    assert "was created to maximize its metric, and this --tune.metric would be minimized" in capsys.readouterr().err
+    assert "was created to maximize its metric, and this run would minimize it" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("metric", "direction", "expected"),
+    [
+        ("val/acc", None, "maximize"),
+        ("hp/val_acc_best", None, "maximize"),  # not named *acc, still an accuracy
+        ("gap/acc", None, "minimize"),  # a gap, not an accuracy
+        ("val/loss", "maximize", "maximize"),  # explicit wins
+        ("my/f1", None, "minimize"),  # a model from elsewhere may log its own
+    ],
+)
+def test_the_direction_follows_the_metric_unless_given(metric, direction, expected):
+    model = "my_module.MyClassifier" if metric == "my/f1" else "dropout_lab.MLPClassifier"
+    assert metric_direction(metric, direction, model) == expected
+
+
+def test_an_explicit_direction_joins_a_study_of_that_direction(tmp_path, capsys):
+    study = optuna.create_study(study_name="tune", storage=f"sqlite:///{tmp_path / 'optuna.db'}", direction="maximize")
+    study.add_trial(optuna.trial.create_trial(value=0.5))  # the study's one trial is already there: nothing runs
+    run_tune("--tune.metric=val/loss", "--tune.direction=maximize", "--tune.n_trials=1", root=tmp_path)
+    assert "Best: trial 0, val/loss=0.5000" in capsys.readouterr().out
+
+
+def test_a_tensorboard_logger_flag_keeps_the_study_in_the_root_dir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cli = TuneCLI(["--trainer.logger=TensorBoardLogger", f"--trainer.default_root_dir={tmp_path / 'out'}"])
+    config, root = user_config(cli)
+    assert root == tmp_path / "out"  # not a folder named <trainer.default_root_dir>
+    assert config["trainer"]["logger"]["init_args"]["save_dir"] == str(tmp_path / "out")
+
+
+@pytest.mark.slow
+def test_every_validation_is_reported_when_there_are_two_per_epoch(tmp_path):
+    run_tune(*TINY, "--trainer.val_check_interval=0.5", "--tune.n_trials=1", root=tmp_path)
+    (trial,) = load_study(tmp_path).trials
+    assert trial.state == COMPLETE and sorted(trial.intermediate_values) == [0, 1]
 
 
 @pytest.mark.slow
@@ -132,12 +187,17 @@ def test_tiny_search_writes_trials_runs_and_a_best_config_that_train_py_reproduc
         assert "gap/loss" in events.Tags()["scalars"]
         assert scalars(events, "val/acc")[-1][1] == pytest.approx(trial.value)
 
+    # VALIDATION_METRICS, which --tune.metric is checked against, is what a run logs at validation.
+    logged = {tag for tag in events.Tags()["scalars"] if tag.split("/")[0] in ("val", "train_eval", "gap", "hp")}
+    assert logged == set(VALIDATION_METRICS)
+
     best = max(trials, key=lambda t: t.value)
     assert f"Best: trial {best.number}, val/acc={best.value:.4f}" in out
     config = tmp_path / "tune" / "best_config.yaml"
     assert f"dropout: {best.params['model.dropout']}" in config.read_text()
+    assert "tensorboard --logdir " + str(tmp_path / "tune") in out
     run_train("--config", str(config), root=tmp_path / "again")
-    (again,) = (tmp_path / "again" / "lightning_logs").iterdir()
+    again = tmp_path / "tune" / "best" / "version_0"  # beside the trials, where that tensorboard command looks
     assert scalars(read_events(again), "val/acc")[-1][1] == pytest.approx(best.value, abs=1e-6)
 
 
@@ -152,7 +212,7 @@ def test_pruning_stops_a_trial_worse_than_the_median_early(tmp_path, capsys):
 
     trial = load_study(tmp_path).trials[5]  # a learning rate far too small to learn anything
     assert trial.state == PRUNED and trial.user_attrs["epochs"] == 1
-    assert "Trial 5 pruned after epoch 1: val/acc=" in capsys.readouterr().out
+    assert "Trial 5 pruned at validation 1 (epoch 1): val/acc=" in capsys.readouterr().out
     run_dir = tmp_path / "tune" / "version_5"
     assert tune_hparams(run_dir) == {"tune/trial": 5, "tune/state": "PRUNED"}
     assert [step for step, _ in scalars(read_events(run_dir), "val/acc")] == [1]
@@ -200,3 +260,77 @@ def test_two_workers_share_one_study_without_losing_or_repeating_a_trial(tmp_pat
     assert len({t.user_attrs["worker"] for t in trials}) == 2
     for trial in trials:
         assert len(list((tmp_path / "tune" / f"version_{trial.number}").glob("config*.yaml"))) == 1
+
+
+GRID = ["--tune.sampler=grid", "--tune.params=[model.dropout=categorical:0:0.5]"]
+POINTS = [{"model.dropout": dropout, "seed_everything": seed} for seed in (0, 1) for dropout in (0, 0.5)]
+
+
+def test_a_grid_does_not_join_a_search_study(tmp_path, capsys):
+    study = optuna.create_study(study_name="tune", storage=f"sqlite:///{tmp_path / 'optuna.db'}", direction="maximize")
+    study.add_trial(optuna.trial.create_trial(value=0.5))
+    with pytest.raises(SystemExit):
+        run_tune(*GRID, root=tmp_path)
+    assert "study 'tune'" in (err := capsys.readouterr().err) and "is a tpe study" in err
+
+
+def test_a_summary_of_a_study_without_finished_grid_trials_is_refused(tmp_path, capsys):
+    study = optuna.create_study(study_name="tune", storage=f"sqlite:///{tmp_path / 'optuna.db'}", direction="maximize")
+    study.add_trial(optuna.trial.create_trial(value=0.5))  # a search's trial: no test metrics
+    with pytest.raises(SystemExit) as exit_:
+        run_tune("--tune.summary_only=true", root=tmp_path)
+    assert exit_.value.code == 2
+    assert "study 'tune' has no finished grid trial" in capsys.readouterr().err
+    assert not (tmp_path / "tune").exists()
+
+
+@pytest.mark.slow
+def test_two_workers_run_every_grid_point_and_seed_exactly_once_then_summarize(tmp_path):
+    args = [*GRID, "--tune.repeats=2"]
+    workers = [tune_process(*args, "--tune.pruner=median", root=tmp_path), tune_process(*args, root=tmp_path)]
+    outputs = [finish(worker) for worker in workers]
+    assert [worker.returncode for worker in workers] == [0, 0], outputs
+    assert "--tune.pruner=median is left out: a grid runs every point to the end" in outputs[0]
+
+    study = load_study(tmp_path)
+    completed = [trial for trial in study.trials if trial.state == COMPLETE]
+    assert sorted((t.params for t in completed), key=POINTS.index) == POINTS  # every point and seed, none twice
+    by_worker = [{int(n) for n in re.findall(r"^Trial (\d+):", out, re.MULTILINE)} for out in outputs]
+    assert by_worker[0].isdisjoint(by_worker[1]) and all(by_worker)
+    for trial in completed:  # the seed is the run's own --seed_everything; the test ran after the fit
+        config = (tmp_path / "tune" / f"version_{trial.number}" / "config.yaml").read_text()
+        assert f"seed_everything: {trial.params['seed_everything']}" in config
+        assert set(trial.user_attrs) >= {"val/acc_best", "gap/loss", "gap/acc", "train_eval/acc", "test/ece"}
+        assert 0 <= trial.user_attrs["test/acc"] <= 1 and trial.user_attrs["test/nll"] > 0
+
+    rows = list(csv.DictReader((tmp_path / "tune" / "summary.csv").open()))
+    assert [(row["model.dropout"], row["test/acc_count"]) for row in rows] == [("0", "2"), ("0.5", "2")]
+    assert (tmp_path / "tune" / "summary.png").stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_an_interrupted_grid_runs_only_the_point_it_has_not_finished(tmp_path):
+    # What a worker killed in trial 1 leaves: trial 0 finished, trial 1 RUNNING for a process that is gone.
+    study = optuna.create_study(study_name="tune", storage=f"sqlite:///{tmp_path / 'optuna.db'}", direction="maximize")
+    study.set_user_attr("sampler", "grid")
+    first = {"model.dropout": 0, "seed_everything": 0}
+    distributions = {
+        "model.dropout": optuna.distributions.CategoricalDistribution((0, 0.5)),
+        "seed_everything": optuna.distributions.CategoricalDistribution((0,)),
+    }
+    trial = optuna.trial.create_trial(
+        value=0.5, params=first, distributions=distributions, user_attrs={"point": first, "test/acc": 0.5}
+    )
+    study.add_trial(trial)
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    killed = study.ask()
+    killed.set_user_attr("worker", f"{socket.gethostname()}:{gone.pid}")
+    killed.set_user_attr("point", {"model.dropout": 0.5, "seed_everything": 0})
+
+    run_tune(*TINY, *GRID, root=tmp_path)
+
+    trials = load_study(tmp_path).trials
+    assert [(t.number, t.state) for t in trials] == [(0, COMPLETE), (1, FAIL), (2, COMPLETE)]
+    assert trials[2].params == {"model.dropout": 0.5, "seed_everything": 0}  # the killed point, and only that
+    assert [p.name for p in (tmp_path / "tune").glob("version_*")] == ["version_2"]

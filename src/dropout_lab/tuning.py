@@ -14,9 +14,14 @@ What this file gives, and why each part exists:
   trial also needs its best value and the number of epochs it ran, which this callback keeps.
 - ``optimize``: runs trials until the study (not this process) holds ``n_trials`` finished ones, so an
   interrupted search continues where it stopped and two workers share one budget.
+- ``--tune.sampler=grid``: every combination of categorical/int values, once per seed of ``--tune.repeats``;
+  ``claim_point`` gives each trial the first point no earlier trial holds, so two workers never run one
+  twice and a point whose trial was killed runs again. Its trials also test, and sweep_summary.py turns
+  their final values into summary.csv and summary.png.
 """
 
 import difflib
+import itertools
 import math
 import os
 import socket
@@ -34,8 +39,9 @@ from jsonargparse.typing import PositiveInt
 from lightning.pytorch.cli import LightningArgumentParser
 from torch.utils.tensorboard.summary import hparams
 
+from dropout_lab import sweep_summary
 from dropout_lab.callbacks import HPARAM_METRICS, TensorBoardLayout, hparams_table
-from dropout_lab.cli import DropoutLabCLI
+from dropout_lab.cli import DEFAULT_ROOT_DIR, DropoutLabCLI, run_test
 from dropout_lab.suggestions import init_parameters
 
 TYPES = ("float", "log", "int", "categorical")
@@ -47,6 +53,19 @@ COUNTED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, opt
 # started by any worker marks it failed.
 HEARTBEAT_S = 10
 WORKER = f"{socket.gethostname()}:{os.getpid()}"
+# What a run of this package's classifiers logs at every validation (Classifier's val/ and train_eval/, the
+# GeneralizationGap callback's gap/ and hp/), with the direction that is better; a test checks it against a run.
+VALIDATION_METRICS = {
+    "val/acc": "maximize",
+    "val/loss": "minimize",
+    "train_eval/acc": "maximize",
+    "train_eval/loss": "minimize",
+    "gap/loss": "minimize",
+    "gap/acc": "minimize",
+    "hp/val_acc_best": "maximize",
+    "hp/gap_loss": "minimize",
+    "hp/gap_acc": "minimize",
+}
 
 
 class TuneCLI(DropoutLabCLI):
@@ -59,12 +78,37 @@ class TuneCLI(DropoutLabCLI):
 
 --tune.params='[model.dropout=float:0.0:0.8, model.lr=log:1e-4:1e-2]' sets the search space (default: every
 *dropout argument of the model); --tune.n_trials, --tune.metric (val/acc), --tune.pruner (median or none),
---tune.storage and --tune.study_name (workers with the same two share one study). train.py's flags follow."""
+--tune.storage and --tune.study_name (workers with the same two share one study).
+A grid over seeds: --tune.sampler=grid --tune.params='[model.dropout=categorical:0:0.2:0.5:0.7]' --tune.repeats=3
+runs every value with seeds 0, 1, 2, tests each run, and writes summary.csv and summary.png (mean and spread
+over the seeds) into the study's folder; --tune.summary_only=true writes them again. train.py's flags follow."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         super().add_arguments_to_parser(parser)
         parser.add_argument(
-            "--tune.n_trials", type=PositiveInt, default=20, help="Finished trials the study should hold."
+            "--tune.sampler",
+            type=Literal["tpe", "grid"],
+            default="tpe",
+            help="tpe: Optuna's search, each trial's values chosen from the earlier ones; grid: every combination "
+            "of the categorical and int values of --tune.params, once for each seed of --tune.repeats.",
+        )
+        parser.add_argument(
+            "--tune.repeats",
+            type=int,
+            default=1,
+            help="grid: run every point with --seed_everything=0, 1, ..., N-1 (the summary averages over them).",
+        )
+        parser.add_argument(
+            "--tune.summary_only",
+            type=bool,
+            default=False,
+            help="grid: run nothing, write summary.csv and summary.png of the study's finished trials.",
+        )
+        parser.add_argument(
+            "--tune.n_trials",
+            type=PositiveInt,
+            default=20,
+            help="Finished trials the study should hold (tpe; a grid runs each of its points once).",
         )
         parser.add_argument(
             "--tune.timeout", type=float | None, default=None, help="Stop starting trials after this many seconds."
@@ -78,14 +122,26 @@ class TuneCLI(DropoutLabCLI):
             "Default: every *dropout argument of the model.",
         )
         parser.add_argument(
-            "--tune.metric", type=str, default="val/acc", help="Maximized if it ends in 'acc', else minimized."
+            "--tune.metric",
+            type=str,
+            default="val/acc",
+            help=f"What the trials are compared by, as the run logs it at validation: {', '.join(VALIDATION_METRICS)}.",
+        )
+        parser.add_argument(
+            "--tune.direction",
+            type=Literal["maximize", "minimize"] | None,
+            default=None,
+            help="Whether a larger or a smaller --tune.metric is better; default: accuracies are maximized, "
+            "losses and gaps minimized.",
         )
         parser.add_argument(
             "--tune.pruner",
-            type=Literal["median", "none"],
-            default="median",
-            help="median: stop a trial whose metric is worse than the median of earlier trials at that epoch "
-            "(after 5 finished trials); none: run every trial to the end.",
+            type=Literal["median", "none"] | None,
+            default=None,
+            help="median (tpe's default): stop a trial whose metric at its Nth validation is worse than the median of "
+            "earlier trials at their Nth (after 5 finished trials; one validation per epoch unless "
+            "--trainer.val_check_interval or check_val_every_n_epoch say otherwise); none (a grid's): run every "
+            "trial to the end.",
         )
         parser.add_argument(
             "--tune.storage",
@@ -171,6 +227,32 @@ def parse_entry(entry: str) -> Param:
     return Param(key, kind, low, high)
 
 
+def grid_space(space: list[Param], repeats: int) -> list[Param]:
+    """The grid: every parameter as its list of values, then the seeds 0 to ``repeats`` - 1."""
+    grid = []
+    for param in space:
+        if param.key == sweep_summary.SEED:
+            raise SpaceError("--tune.params names seed_everything: a grid's seeds are 0 to N-1 of --tune.repeats=N.")
+        if param.kind in ("float", "log"):
+            raise SpaceError(
+                f"--tune.sampler=grid runs listed values, and {param.key}={param.kind}:{param.low}:{param.high} is a "
+                f"range: list the values, e.g. --tune.params='[{param.key}=categorical:{param.low}:{param.high}]'."
+            )
+        values = param.choices if param.kind == "categorical" else range(int(param.low), int(param.high) + 1)
+        grid.append(Param(param.key, "categorical", choices=tuple(dict.fromkeys(values))))
+    return [*grid, Param(sweep_summary.SEED, "categorical", choices=tuple(range(repeats)))]
+
+
+def grid_points(grid: list[Param]) -> list[dict]:
+    """Every combination, seed after seed: a sweep stopped early has whole grids of its first seeds."""
+    *params, seeds = grid
+    return [
+        {**dict(zip([p.key for p in params], values, strict=True)), seeds.key: seed}
+        for seed in seeds.choices
+        for values in itertools.product(*(p.choices for p in params))
+    ]
+
+
 def scalar(text: str) -> object:
     """'1e-4' as a number (YAML 1.1 would read it as a string), 'true' as a boolean."""
     for number in (int, float):
@@ -205,11 +287,24 @@ def storage_url(storage: str | None, root: Path) -> str:
     return f"sqlite:///{Path(storage).resolve()}"
 
 
-def open_study(url: str, name: str, direction: str, pruner: str) -> optuna.Study:
+def metric_direction(metric: str, direction: str | None, model_class_path: str) -> str:
+    """--tune.direction, or the metric's own; a name this package's classifiers do not log is refused here,
+    not after a whole trial (a model from elsewhere may log others: those are checked at its first validation)."""
+    known = VALIDATION_METRICS.get(metric)
+    if known is None and model_class_path.startswith("dropout_lab."):
+        hint = difflib.get_close_matches(metric, VALIDATION_METRICS, n=1)
+        raise SpaceError(
+            f"--tune.metric={metric} is not logged at validation{f' (did you mean {hint[0]}?)' if hint else ''}; "
+            f"the run logs {', '.join(VALIDATION_METRICS)}."
+        )
+    return direction or known or ("maximize" if metric.endswith("acc") else "minimize")
+
+
+def open_study(url: str, name: str, direction: str, pruner: str, sampler: str) -> optuna.Study:
     try:
         if url.startswith("sqlite:///"):
             Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
-        study = create_or_join(url, name, direction, pruner)
+        study = create_or_join(url, name, direction, pruner, ClaimedPoint() if sampler == "grid" else None)
     except (OSError, sqlalchemy.exc.SQLAlchemyError) as error:
         raise SpaceError(
             f"cannot open the study storage {url}: {getattr(error, 'orig', None) or error}. "
@@ -217,14 +312,36 @@ def open_study(url: str, name: str, direction: str, pruner: str) -> optuna.Study
         ) from error
     # Optuna keeps an existing study's direction whatever create_study is told.
     if study.direction.name.lower() != direction:
+        created = study.direction.name.lower()
         raise SpaceError(
-            f"study {name!r} in {url} was created to {study.direction.name.lower()} its metric, and this "
-            f"--tune.metric would be {direction}d. Use another --tune.study_name, or that study's metric."
+            f"study {name!r} in {url} was created to {created} its metric, and this run would {direction} it. "
+            f"Use another --tune.study_name, or that study's metric (and --tune.direction={created})."
         )
+    # A grid trial waits for the earlier trials to claim their points (claim_point): a search's never do.
+    kind = study.user_attrs.get("sampler", "tpe" if study.get_trials(deepcopy=False) else None)
+    if kind not in (None, sampler):
+        raise SpaceError(
+            f"study {name!r} in {url} is a {kind} study: give --tune.sampler={sampler} its own --tune.study_name."
+        )
+    study.set_user_attr("sampler", sampler)
     return study
 
 
-def create_or_join(url: str, name: str, direction: str, pruner: str, tries: int = 3) -> optuna.Study:
+def open_existing_study(url: str, name: str) -> optuna.Study:
+    """The study, refused in one line if there is none (--tune.summary_only creates nothing)."""
+    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///") :]).is_file():
+        raise SpaceError(
+            f"no study storage at {url[len('sqlite:///') :]}: run the sweep first, or give --tune.storage."
+        )
+    try:
+        return optuna.load_study(study_name=name, storage=url)
+    except KeyError:
+        raise SpaceError(f"no study {name!r} in {url}: give the --tune.study_name of the sweep.") from None
+
+
+def create_or_join(
+    url: str, name: str, direction: str, pruner: str, sampler: optuna.samplers.BaseSampler | None, tries: int = 3
+) -> optuna.Study:
     for attempt in range(tries):
         try:
             with warnings.catch_warnings():  # the heartbeat is "experimental" since Optuna 2.9
@@ -235,6 +352,7 @@ def create_or_join(url: str, name: str, direction: str, pruner: str, tries: int 
                 study_name=name,
                 direction=direction,
                 pruner=optuna.pruners.MedianPruner() if pruner == "median" else optuna.pruners.NopPruner(),
+                sampler=sampler,  # None: Optuna's TPE
                 load_if_exists=True,  # a second worker, or a restart, joins the study
             )
         except sqlalchemy.exc.SQLAlchemyError:
@@ -252,6 +370,9 @@ class ReportToTrial(L.Callback):
     def __init__(self, trial: optuna.Trial, metric: str, maximize: bool) -> None:
         self.trial, self.metric, self.maximize = trial, metric, maximize
         self.best = -math.inf if maximize else math.inf
+        # The step of each report: validations, not epochs, so that several per epoch
+        # (--trainer.val_check_interval=0.5) are reported, and the pruner compares trials at the same one.
+        self.validations = 0
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking:
@@ -262,13 +383,13 @@ class ReportToTrial(L.Callback):
             )
         value = trainer.callback_metrics[self.metric].item()
         self.best = max(self.best, value) if self.maximize else min(self.best, value)
-        epoch = trainer.current_epoch
-        self.trial.report(value, step=epoch)
+        self.trial.report(value, step=self.validations)
+        self.validations += 1
         # Raised before this epoch's checkpoints are written: Lightning runs ModelCheckpoint's hooks last.
         if self.trial.should_prune():
             raise optuna.TrialPruned(
-                f"pruned after epoch {epoch + 1}: {self.metric}={value:.4f} "
-                "is worse than the median of earlier trials at this epoch"
+                f"pruned at validation {self.validations} (epoch {trainer.current_epoch + 1}): "
+                f"{self.metric}={value:.4f} is worse than the median of earlier trials at this validation"
             )
 
 
@@ -276,9 +397,74 @@ class MetricMissing(ValueError):
     pass
 
 
-def objective(trial: optuna.Trial, base: dict, space: list[Param], metric: str, maximize: bool) -> float:
-    """One train.py run (fit only: the test set is for the best config, not for choosing it)."""
+class ClaimedPoint(optuna.samplers.BaseSampler):
+    """A grid trial's values: those of the point it claimed (claim_point), whatever it asks for."""
+
+    def infer_relative_search_space(self, study, trial) -> dict:
+        return {}
+
+    def sample_relative(self, study, trial, search_space) -> dict:
+        return {}
+
+    def sample_independent(self, study, trial, param_name, param_distribution) -> object:
+        return trial.user_attrs["point"][param_name]
+
+
+def claim_point(trial: optuna.Trial, points: list[dict]) -> dict | None:
+    """The first grid point that no earlier trial holds, kept as the trial's user attribute ``point``.
+
+    Trial numbers are unique across workers, and a trial chooses only once every earlier trial has chosen,
+    from what they hold: two trials never hold one point. A point whose trial was killed (found dead: a FAIL
+    without fail_reason) goes to a later trial. None: every point is held (another worker took the last).
+    """
+    while True:
+        earlier = [t for t in trial.study.get_trials(deepcopy=False) if t.number < trial.number]
+        if not any(t.state == optuna.trial.TrialState.RUNNING and "point" not in t.user_attrs for t in earlier):
+            break
+        fail_dead_trials(trial.study)  # one whose worker died before choosing is waited for no longer
+        time.sleep(0.1)
+    held = [t.user_attrs.get("point") for t in earlier if holds(t)]
+    point = next((point for point in points if point not in held), None)
+    trial.set_user_attr("point", point)
+    return point
+
+
+class GridTaken(Exception):
+    pass
+
+
+class KeepTestMetrics(L.Callback):
+    """The deterministic test loop's values: with --model.mc_samples > 1, run_test's second (MC) loop
+    starts with empty callback_metrics."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, float] = {}
+
+    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        metrics = trainer.callback_metrics
+        self.values |= {tag: value.item() for tag, value in metrics.items() if tag.startswith("test/")}
+
+
+def final_values(trainer: L.Trainer, cli: DropoutLabCLI) -> dict[str, float]:
+    """The values a grid's summary needs: the fit's last ones, then the test of the checkpoint train.py tests."""
+    logged = {tag: value.item() for tag, value in trainer.callback_metrics.items()}
+    keep = KeepTestMetrics()
+    trainer.callbacks.append(keep)
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    run_test(trainer, cli.model, cli.datamodule, ckpt_path=best or None)
+    logged |= keep.values
+    return {name: logged[tag] for name, tag in sweep_summary.SUMMARY_METRICS.items() if tag in logged}
+
+
+def objective(
+    trial: optuna.Trial, base: dict, space: list[Param], metric: str, maximize: bool, points: list[dict] | None = None
+) -> float:
+    """One train.py run: fit only in a search (the test set is for the best config, not for choosing it);
+    a grid trial (``points``: the grid) runs the point it claims, and tests, as train.py does, for the summary."""
     trial.set_user_attr("worker", WORKER)
+    if points is not None and claim_point(trial, points) is None:
+        trial.set_user_attr("skipped", "every grid point is held by another trial")
+        raise GridTaken(trial.user_attrs["skipped"])
     base["trainer"]["logger"]["init_args"]["version"] = trial.number
     flags = [f"--{param.key}={flag_value(param.suggest(trial))}" for param in space]
     print(f"\nTrial {trial.number}: {' '.join(flags)}")
@@ -298,6 +484,9 @@ def objective(trial: optuna.Trial, base: dict, space: list[Param], metric: str, 
     state = "FAIL"
     try:
         trainer.fit(cli.model, cli.datamodule)
+        if points is not None:
+            for name, value in final_values(trainer, cli).items():
+                trial.set_user_attr(name, value)
         state = "COMPLETE"
     except optuna.TrialPruned as pruned:
         state = "PRUNED"
@@ -333,18 +522,19 @@ def write_hparams(trainer: L.Trainer, model: L.LightningModule, tune_params: dic
     writer.flush()
 
 
-def optimize(study: optuna.Study, run_trial, n_trials: int, timeout: float | None) -> None:
+def optimize(study: optuna.Study, run_trial, n_trials: int, timeout: float | None, counted=None) -> None:
     """Run trials until the study holds ``n_trials`` that count, whoever ran them.
 
     Trials still running at the end are waited for: a worker may have died with one, and then it is
-    run again here once it is found dead.
+    run again here once it is found dead. ``counted``: how many count (default: ``count``).
     """
+    counted = counted or count
     start = time.monotonic()
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # objective() says what happened to each trial
     waiting = False
     while True:
         fail_dead_trials(study)
-        left = n_trials - count(study)
+        left = n_trials - counted(study)
         running = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)))
         if left <= 0 and running == 0:
             return
@@ -365,9 +555,19 @@ def optimize(study: optuna.Study, run_trial, n_trials: int, timeout: float | Non
 
 
 def count(study: optuna.Study) -> int:
-    trials = study.get_trials(deepcopy=False)
-    failed = optuna.trial.TrialState.FAIL
-    return sum(t.state in COUNTED or (t.state == failed and "fail_reason" in t.user_attrs) for t in trials)
+    return sum(holds(trial) for trial in study.get_trials(deepcopy=False))
+
+
+def count_points(study: optuna.Study, points: list[dict]) -> int:
+    """The grid's points that a trial holds (a study may hold others: a grid is allowed to change)."""
+    held = [trial.user_attrs.get("point") for trial in study.get_trials(deepcopy=False) if holds(trial)]
+    return sum(point in held for point in points)
+
+
+def holds(trial: optuna.trial.FrozenTrial) -> bool:
+    """Whether the trial counts: finished, running, or failed in training (see COUNTED)."""
+    failed = trial.state == optuna.trial.TrialState.FAIL and "fail_reason" in trial.user_attrs
+    return trial.state in COUNTED or failed
 
 
 def fail_dead_trials(study: optuna.Study) -> None:
@@ -394,35 +594,80 @@ def process_exists(pid: int) -> bool:
 
 def tune(cli: TuneCLI) -> None:
     options = cli.config.pop("tune")
+    grid = options.sampler == "grid"
     try:
         user, root = user_config(cli)
-        space = parse_space(options.params, user["model"]["class_path"])
-        check_keys(cli, yaml.safe_dump(user), space)
-        maximize = options.metric.endswith("acc")
         url = storage_url(options.storage, root)
-        study = open_study(url, options.study_name, "maximize" if maximize else "minimize", options.pruner)
+        if options.summary_only:
+            write_summary(open_existing_study(url, options.study_name), root, refuse_empty=True)
+            return
+        if options.repeats < 1 or (options.repeats > 1 and not grid):
+            raise SpaceError(
+                f"--tune.repeats={options.repeats}: a grid runs each point with seeds 0 to N-1 for N >= 1 "
+                "(--tune.sampler=grid); a tpe search has no repeats."
+            )
+        if grid and not options.params:
+            raise SpaceError(
+                "--tune.sampler=grid runs listed values: --tune.params='[model.dropout=categorical:0:0.5]'."
+            )
+        space = parse_space(options.params, user["model"]["class_path"])
+        if grid:
+            space = grid_space(space, options.repeats)
+        check_keys(cli, yaml.safe_dump(user), space)
+        direction = metric_direction(options.metric, options.direction, user["model"]["class_path"])
+        maximize = direction == "maximize"
+        if grid and options.pruner == "median":
+            print("--tune.pruner=median is left out: a grid runs every point to the end, so that its seeds compare.")
+        pruner = "none" if grid else options.pruner or "median"
+        study = open_study(url, options.study_name, direction, pruner, options.sampler)
     except SpaceError as error:
         cli.parser.exit(2, f"error: {error}\n")
     base = trial_config(user, root, options.study_name)
-    print(
-        f"Study {options.study_name!r} in {url}: "
-        f"{count(study)} of {options.n_trials} trials already finished or running."
-    )
+    points = grid_points(space) if grid else None
+    n_trials = len(points) if grid else options.n_trials
+    counted = (lambda study: count_points(study, points)) if grid else count
+    if grid:
+        print(f"Grid: {len(points) // options.repeats} points × {options.repeats} seeds = {n_trials} trials.")
+    print(f"Study {options.study_name!r} in {url}: {counted(study)} of {n_trials} trials already finished or running.")
     try:
         optimize(
             study,
-            lambda trial: objective(trial, base, space, options.metric, maximize),
-            options.n_trials,
+            lambda trial: objective(trial, base, space, options.metric, maximize, points),
+            n_trials,
             options.timeout,
+            counted,
         )
     except SpaceError as error:
         cli.parser.exit(2, f"error: {error}\n")
     except KeyboardInterrupt:
-        summarize(cli, study, user, root / options.study_name, options.metric)
+        summarize(cli, study, user, root, options.metric)
+        if grid:
+            write_summary(study, root)
         cli.parser.exit(
             130, f"\nInterrupted. The finished trials are kept in {url}; run the same command to continue.\n"
         )
-    summarize(cli, study, user, root / options.study_name, options.metric)
+    summarize(cli, study, user, root, options.metric)
+    if grid:
+        write_summary(study, root)
+
+
+def write_summary(study: optuna.Study, root: Path, refuse_empty: bool = False) -> None:
+    """summary.csv and summary.png of a grid's finished trials, in the study's folder; the table printed."""
+    trials = sweep_summary.finished_grid_trials(study)
+    if not trials:
+        message = f"study {study.study_name!r} has no finished grid trial (--tune.sampler=grid) to summarize."
+        if refuse_empty:
+            raise SpaceError(message)
+        print(message)
+        return
+    folder = root / study.study_name
+    keys, rows = sweep_summary.summary_rows(trials)
+    sweep_summary.write_csv(keys, rows, folder / "summary.csv")
+    figure = sweep_summary.summary_figure(keys, rows, f"study {study.study_name!r}")
+    png = sweep_summary.write_figure(figure, folder, step=len(trials))
+    print(f"\nOver seeds (mean ± standard deviation), {len(trials)} finished trials:")
+    print(sweep_summary.format_table(keys, rows))
+    print(f"Table: {folder / 'summary.csv'}\nFigure: {png} (and in TensorBoard: tensorboard --logdir {folder})")
 
 
 def user_config(cli: TuneCLI) -> tuple[dict, Path]:
@@ -432,7 +677,11 @@ def user_config(cli: TuneCLI) -> tuple[dict, Path]:
     if logger in (None, True):
         root = Path(config["trainer"].get("default_root_dir") or ".")
     elif isinstance(logger, dict) and logger["class_path"].endswith("TensorBoardLogger"):
-        root = Path(logger["init_args"].get("save_dir") or ".")
+        # --trainer.logger=TensorBoardLogger gets cli.py's placeholder save_dir, which train.py replaces in a
+        # hook that tune.py skips: left here, the study would go to a folder named after the placeholder.
+        if logger["init_args"].get("save_dir") in (None, DEFAULT_ROOT_DIR):
+            logger["init_args"]["save_dir"] = config["trainer"].get("default_root_dir") or "."
+        root = Path(logger["init_args"]["save_dir"])
     else:
         raise SpaceError(
             "tune.py logs every trial to TensorBoard: leave --trainer.logger out, or use a TensorBoardLogger."
@@ -451,8 +700,10 @@ def trial_config(user: dict, root: Path, study_name: str) -> dict:
     return {**user, "trainer": {**user["trainer"], "logger": logger}}
 
 
-def summarize(cli: TuneCLI, study: optuna.Study, user: dict, folder: Path, metric: str) -> None:
-    trials = study.get_trials(deepcopy=False)
+def summarize(cli: TuneCLI, study: optuna.Study, user: dict, root: Path, metric: str) -> None:
+    folder = root / study.study_name
+    # A grid trial that found every point taken ran nothing: it is no row of the table.
+    trials = [trial for trial in study.get_trials(deepcopy=False) if "skipped" not in trial.user_attrs]
     keys = sorted({key for trial in trials for key in trial.params})
     print(f"\n{'trial':>5}  {'state':<8} {metric:>9} {'epochs':>6}  " + "  ".join(f"{key:>19}" for key in keys))
     for trial in trials:
@@ -474,18 +725,21 @@ def summarize(cli: TuneCLI, study: optuna.Study, user: dict, folder: Path, metri
         return
     best = study.best_trial
     flags = [f"--{key}={flag_value(value)}" for key, value in best.params.items()]
-    config = cli.parser.parse_args(["--config", yaml.safe_dump(user), *flags])
+    # Its run goes beside the trials (STUDY/best/version_N), so the same tensorboard --logdir shows it.
+    reproduce = trial_config(user, root, f"{study.study_name}/best")
+    reproduce["trainer"]["logger"]["init_args"]["version"] = None
+    config = cli.parser.parse_args(["--config", yaml.safe_dump(reproduce), *flags])
     config.pop("tune")
     path = folder / "best_config.yaml"
     header = (
         f"# Best trial {best.number} of study {study.study_name!r}: {metric}={best.value:.4f} "
         f"({best.user_attrs.get('run', 'no run folder')}).\n"
-        f"# Reproduce it: python train.py --config {path}\n"
+        f"# Reproduce it: python train.py --config {path}   (its run goes to {folder / 'best'}/version_N)\n"
     )
     folder.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(f".{time.time_ns()}.tmp")
     partial.write_text(header + cli.parser.dump(config, skip_none=False))
     partial.replace(path)  # atomic: two workers may write it at once
     print(f"\nBest: trial {best.number}, {metric}={best.value:.4f}, {' '.join(flags)}")
-    print(f"Its config: {path}\nReproduce it: python train.py --config {path}")
-    print(f"Compare the trials in TensorBoard: tensorboard --logdir {folder}")
+    print(f"Its config: {path}\nReproduce it: python train.py --config {path}   (run: {folder / 'best'}/version_N)")
+    print(f"Compare the trials and the reproduced run in TensorBoard: tensorboard --logdir {folder}")
