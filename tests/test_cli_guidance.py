@@ -10,6 +10,8 @@ from dropout_lab import MLPClassifier, MNIST5kDataModule
 from dropout_lab.callbacks import hparams_table
 from dropout_lab.cli import DropoutLabCLI
 
+FULL_ERRORS = "DROPOUT_LAB_FULL_ERRORS"  # the variable the error line names
+
 
 def cli_exit(args: list[str], capsys) -> tuple[int, str, str]:
     """Run the CLI's parsing and instantiation in this process; (exit code, stdout, stderr)."""
@@ -44,7 +46,7 @@ def test_help_of_a_section_without_a_class_lists_the_classes(capsys, section, ch
     [
         ("--data=MNISTDatModule", "did you mean --data=MNISTDataModule?", "CIFAR10DataModule, FashionMNISTDataModule"),
         ("--model=CNNClasifier", "did you mean --model=CNNClassifier?", "CNNClassifier, MLPClassifier"),
-        ("--data=NoSuchData", "", "MNIST5kDataModule, MNISTDataModule"),
+        ("--data=NoSuchData", "", "ImageFilesDataModule, MNIST5kDataModule, MNISTDataModule"),
     ],
 )
 def test_unknown_class_lists_the_valid_ones_and_the_closest(tmp_path, capsys, arg, closest, valid):
@@ -52,6 +54,25 @@ def test_unknown_class_lists_the_valid_ones_and_the_closest(tmp_path, capsys, ar
     assert code == 2
     assert closest in err and valid in err
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    ("args", "useful"),
+    [
+        (["--model.dropuot=0.3"], "Unknown key '--model.dropuot': did you mean --model.dropout?"),
+        (["--model.dropout=abc"], "--model.dropout: Expected a <class 'float'>. Got value: abc"),
+        (["tset", "--ckpt_path=x"], "Unknown subcommand 'tset': did you mean test?"),
+    ],
+)
+def test_a_mistyped_flag_or_subcommand_gets_the_useful_line_alone(tmp_path, capsys, monkeypatch, args, useful):
+    monkeypatch.delenv(FULL_ERRORS, raising=False)
+    code, _, err = cli_exit([*args, f"--trainer.default_root_dir={tmp_path}"], capsys)
+    assert code == 2
+    assert err.strip().splitlines() == [f"error: {useful}" + err.strip().partition(useful)[2]]
+    assert f"({FULL_ERRORS}=1 shows the parser's whole message)" in err  # says how to see the rest
+    monkeypatch.setenv(FULL_ERRORS, "1")
+    code, _, err = cli_exit([*args, f"--trainer.default_root_dir={tmp_path}"], capsys)
+    assert code == 2 and useful in err and "usage:" in err  # jsonargparse's whole message, the hint after it
 
 
 @pytest.mark.parametrize(

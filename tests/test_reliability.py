@@ -73,7 +73,7 @@ BAD_INPUT = {
     "cnn_dropout": (["--model=CNNClassifier", "--model.dropout=2"], ["0 <= dropout <= 1, got 2"]),
     "cnn_conv_dropout": (["--model=CNNClassifier", "--model.conv_dropout=-1"], ["0 <= conv_dropout <= 1, got -1"]),
     # not a number: jsonargparse's own type error
-    "dropout_not_a_number": (["--model.dropout=abc"], ['Parser key "dropout"', "Expected a <class 'float'>"]),
+    "dropout_not_a_number": (["--model.dropout=abc"], ["--model.dropout: Expected a <class 'float'>. Got value: abc"]),
     "wrong_type": (["--trainer.max_epochs=abc"], ['Parser key "trainer.max_epochs"', "Expected a <class 'int'>"]),
     # unknown keys, with the closest valid one
     "unknown_model_key": (["--model.dropuot=0.3"], ["did you mean --model.dropout?"]),
@@ -82,10 +82,7 @@ BAD_INPUT = {
     "unknown_top_level_key": (["--chkpt_path=x"], ["did you mean --ckpt_path?"]),
     "unknown_key_in_yaml": (
         ["--config", "{yaml}"],
-        [
-            "Option 'dropuot' is not accepted",
-            "did you mean --model.dropout? (in a config file: model.init_args.dropout)",
-        ],
+        ["did you mean --model.dropout? (in a config file: model.init_args.dropout)"],
     ),
     "config_file_missing": (["--config", "configs/no_such_file.yaml"], ["File does not exist", "no_such_file.yaml"]),
     "config_file_not_yaml": (["--config", "{bad_yaml}"], ["Problems parsing config"]),

@@ -7,13 +7,17 @@ release shows up here, and in tests/test_reliability.py's bad-input cases, and n
 
 import difflib
 import inspect
+import os
 import re
+import sys
 
 import lightning as L
 from jsonargparse import Namespace
-from lightning.pytorch.cli import LightningArgumentParser
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from dropout_lab.classifier import Classifier
+
+FULL_ERRORS = "DROPOUT_LAB_FULL_ERRORS"  # set to 1: a bad flag's error as jsonargparse words it, with the hint after
 
 
 class SuggestingParser(LightningArgumentParser):
@@ -21,8 +25,15 @@ class SuggestingParser(LightningArgumentParser):
 
     def error(self, message: str, ex: Exception | None = None):
         if self.exit_on_error:  # the parser that prints; the nested ones of --model and --data only raise
-            hints = [hint for key, candidates in unknown_keys(message, self) if (hint := closest(key, candidates))]
-            message = "\n".join([message.rstrip(), *hints, *unknown_class(message)])
+            parser = getattr(ex, "subcommand_parser", None) or self  # the flags of `python train.py test` are its own
+            hints = [hint for key, candidates in unknown_keys(message, parser) if (hint := closest(key, candidates))]
+            hints += unknown_class(message) + unknown_subcommand(message) + wrong_value(message)
+            if hints and not os.environ.get(FULL_ERRORS):
+                # jsonargparse's message (the usage, and for --model.* the Union's alternatives) hides the answer.
+                sys.stderr.write("".join(f"error: {hint}\n" for hint in hints[:-1]))
+                sys.stderr.write(f"error: {hints[-1]} ({FULL_ERRORS}=1 shows the parser's whole message)\n")
+                self.exit(2)
+            message = "\n".join([message.rstrip(), *hints])
         return super().error(message, ex)
 
     def get_defaults(self, *args, **kwargs) -> Namespace:
@@ -76,23 +87,34 @@ def unknown_class(message: str) -> list[str]:
     ]
 
 
+def wrong_value(message: str) -> list[str]:
+    """For ``--model.dropout=abc``: the one line of jsonargparse's Union message that says what is wrong, else []."""
+    section = re.match(r'Parser key "(model|data)"', message)
+    problem = re.search(r"Problem with given class_path '[\w.]+':\s+Parser key \"(\w+)\":\s+(.+)", message)
+    return [f"--{section.group(1)}.{problem.group(1)}: {problem.group(2).strip()}"] if section and problem else []
+
+
+def unknown_subcommand(message: str) -> list[str]:
+    """For ``python train.py tset``: a line naming the closest subcommand, else []."""
+    match = re.search(r"unrecognized arguments: (.*)", message)
+    words = [arg for arg in match.group(1).split() if not arg.startswith("-")] if match else []
+    subcommands = list(LightningCLI.subcommands())
+    for word in words:
+        if word in subcommands:  # after a flag, where it is read as a value
+            return [f"The subcommand comes first: python train.py {word} --ckpt_path=... (then the flags)."]
+        if close := difflib.get_close_matches(word, subcommands, n=1, cutoff=0.6):
+            return [f"Unknown subcommand {word!r}: did you mean {close[0]}? (python train.py {close[0]} ...)"]
+    return []
+
+
 def package_classes(base: type) -> list[str]:
-    """The classes of this package that ``--model=``/``--data=`` accept by name: subclasses of ``base``
-    whose arguments all have defaults (so not the bases Classifier and InMemoryDataModule)."""
+    """The classes of this package that ``--model=``/``--data=`` accept by name: subclasses of ``base``,
+    except the bases the others build on (Classifier, InMemoryDataModule), which are not choices."""
     import dropout_lab
 
     classes = [getattr(dropout_lab, name) for name in dropout_lab.__all__]
-    return [
-        cls.__name__
-        for cls in classes
-        if isinstance(cls, type) and issubclass(cls, base) and cls is not base and runs_with_defaults(cls)
-    ]
-
-
-def runs_with_defaults(cls: type) -> bool:
-    # num_classes and input_shape are set from the DataModule (link_arguments), so they need no default.
-    parameters = inspect.signature(cls).parameters.values()
-    return all(p.default is not p.empty or p.name in ("num_classes", "input_shape") for p in parameters)
+    bases = (base, dropout_lab.Classifier, dropout_lab.InMemoryDataModule)
+    return [cls.__name__ for cls in classes if isinstance(cls, type) and issubclass(cls, base) and cls not in bases]
 
 
 def init_parameters(class_path: str) -> list[str]:
