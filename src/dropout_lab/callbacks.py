@@ -12,6 +12,7 @@ from pathlib import Path
 
 import lightning as L
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.trainer.states import TrainerFn
 
 # The HParams dashboard shows the last value of each of these tags for every run.
 # hp/test_* copy the test metrics, deterministic and with MC dropout (test_mc/, see uncertainty.py).
@@ -39,6 +40,7 @@ class GeneralizationGap(L.Callback):
 
     def __init__(self) -> None:
         self.val_acc_best = -math.inf
+        self.validated: dict[str, float] = {}  # the gap of a trainer.validate run
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         metrics = trainer.callback_metrics  # this epoch's values of both validation loaders, reduced over ranks
@@ -49,9 +51,21 @@ class GeneralizationGap(L.Callback):
             "gap/loss": metrics["val/loss"] - metrics["train_eval/loss"],
             "gap/acc": metrics["train_eval/acc"] - metrics["val/acc"],
         }
+        if trainer.state.fn == TrainerFn.VALIDATING:
+            # python train.py validate: self.log here would put the gap in every dataloader's column of Lightning's
+            # results table (values logged at epoch end belong to no dataloader), and hp/* would have no HParams
+            # session to join. Straight to the loggers, and printed once after the table (teardown).
+            self.validated = {key: value.item() for key, value in gap.items()}
+            for logger in trainer.loggers:
+                logger.log_metrics(self.validated, step=trainer.global_step)
+            return
         summary = {"hp/val_acc_best": self.val_acc_best, "hp/gap_loss": gap["gap/loss"], "hp/gap_acc": gap["gap/acc"]}
         # The values are already global and equal on every rank: averaging them changes nothing.
         pl_module.log_dict(gap | summary, sync_dist=True)
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage == "validate" and self.validated and trainer.is_global_zero:
+            print("  ".join(f"{key} {value:.6g}" for key, value in self.validated.items()))
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Straight to the loggers, not self.log: the printed test table would show each value twice.
