@@ -8,9 +8,11 @@ python train.py --help                               # the flags; --model.help C
 After training, LightningCLI's subcommands (model and data come from the checkpoint):
 python train.py test --ckpt_path=lightning_logs/version_0/checkpoints/last.ckpt --model.mc_samples=30
 python train.py predict --ckpt_path=... --output=predictions.csv     # also validate, and fit
+validate, test and predict write into the checkpoint's run: lightning_logs/version_0/test_0, test_1, predict_0, ...
 """
 
 import sys
+from pathlib import Path
 
 import torch
 from lightning.pytorch import Trainer
@@ -46,24 +48,27 @@ def train_or_evaluate(args: list[str] | None) -> None:
         run_test(trainer, cli.model, cli.datamodule, ckpt_path=best or None)
     log_dir = trainer.log_dir  # a collective under DDP: every rank must ask
     if trainer.is_global_zero:
-        print_where_the_run_is(trainer, log_dir, fitted=cli.subcommand not in EVALUATE)
+        print_where_the_run_is(trainer, log_dir, cli.subcommand)
     # Lightning leaves a DDP process group open for another fit; left to the interpreter's exit,
     # gloo's threads were seen to abort the process (SIGABRT) after all the work was done.
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
 
 
-def print_where_the_run_is(trainer: Trainer, log_dir: str | None, fitted: bool) -> None:
+def print_where_the_run_is(trainer: Trainer, log_dir: str | None, subcommand: str | None) -> None:
     logger = trainer.logger
-    # validate, test and predict have the checkpoint callback too, but write no checkpoint.
-    checkpoints = trainer.checkpoint_callback if fitted else None
+    # validate, test and predict have the checkpoint callback too, but write no checkpoint; they log into
+    # the checkpoint's run (RUN/test_0, ...: see DropoutLabCLI.log_into_the_checkpoints_run).
+    evaluation = subcommand in EVALUATE
+    checkpoints = None if evaluation else trainer.checkpoint_callback
+    this = f"this {subcommand}" if evaluation else "this run"
     if trainer.fast_dev_run:
         print("\nfast_dev_run: nothing of this run was written (Lightning turns logs and checkpoints off).")
     elif isinstance(logger, TensorBoardLogger):
-        print(f"\n{'Checkpoints and TensorBoard logs' if checkpoints else 'TensorBoard logs'} of this run: {log_dir}")
-        print(f"Compare runs in TensorBoard:  tensorboard --logdir {logger.root_dir}")
+        print(f"\n{'Checkpoints and TensorBoard logs' if checkpoints else 'TensorBoard logs'} of {this}: {log_dir}")
+        print(f"Compare runs in TensorBoard:  tensorboard --logdir {Path(logger.root_dir)}")
     elif logger is not None:
-        print(f"\n{'Checkpoints and logs' if checkpoints else 'Logs'} of this run: {log_dir}")
+        print(f"\n{'Checkpoints and logs' if checkpoints else 'Logs'} of {this}: {log_dir}")
     elif checkpoints is not None:
         print(f"\nCheckpoints of this run: {checkpoints.dirpath}")
 

@@ -27,14 +27,18 @@ def checkpoint(tmp_path_factory):
     return run_dir / "checkpoints" / "last.ckpt"
 
 
-def new_run(root):
-    (run_dir,) = (root / "lightning_logs").iterdir()
-    return run_dir
+def evaluation_dir(result, subcommand: str, checkpoint: Path) -> Path:
+    """The folder train.py's last lines name: a new one inside the checkpoint's run (RUN/test_N, ...)."""
+    said = f"TensorBoard logs of this {subcommand}: "
+    (line,) = [line for line in result.stdout.splitlines() if line.startswith(said)]
+    folder = Path(line[len(said) :])
+    assert folder.parent == checkpoint.parent.parent and folder.name.startswith(f"{subcommand}_")
+    return folder
 
 
 @pytest.mark.slow
 def test_test_takes_the_cnn_from_the_checkpoint_and_logs_calibration_and_mc(tmp_path, checkpoint):
-    run_train(
+    result = run_train(
         "test",
         f"--ckpt_path={checkpoint}",
         "--model.mc_samples=3",
@@ -42,7 +46,8 @@ def test_test_takes_the_cnn_from_the_checkpoint_and_logs_calibration_and_mc(tmp_
         *QUICK,
         root=tmp_path,
     )
-    run_dir = new_run(tmp_path)
+    run_dir = evaluation_dir(result, "test", checkpoint)
+    assert not (tmp_path / "lightning_logs").exists()  # no new version_N beside the training runs
     config = (run_dir / "config.yaml").read_text()
     assert "class_path: dropout_lab.CNNClassifier" in config and "- 4" in config and "hidden: 16" in config
     assert "mc_samples: 3" in config and "batch_size: 16" in config  # the flag, and the checkpoint's data
@@ -54,8 +59,10 @@ def test_test_takes_the_cnn_from_the_checkpoint_and_logs_calibration_and_mc(tmp_
 
 @pytest.mark.slow
 def test_validate_runs_the_validation_loops_of_the_checkpoint(tmp_path, checkpoint):
-    run_train("validate", f"--ckpt_path={checkpoint}", "--trainer.limit_val_batches=2", *QUICK, root=tmp_path)
-    assert {"val/acc", "train_eval/acc", "gap/loss"} <= set(read_events(new_run(tmp_path)).Tags()["scalars"])
+    result = run_train("validate", f"--ckpt_path={checkpoint}", "--trainer.limit_val_batches=2", *QUICK, root=tmp_path)
+    tags = set(read_events(evaluation_dir(result, "validate", checkpoint)).Tags()["scalars"])
+    assert {"val/acc", "train_eval/acc", "gap/loss", "gap/acc"} <= tags
+    assert not any(tag.startswith("hp/") for tag in tags)  # no HParams session in an evaluation
 
 
 @pytest.mark.slow
@@ -64,7 +71,7 @@ def test_predict_writes_one_row_per_image_of_the_held_out_split(tmp_path, checkp
     args = ["--model.mc_samples=3", "--data.batch_size=8", "--trainer.limit_predict_batches=2", f"--output={output}"]
     result = run_train("predict", f"--ckpt_path={checkpoint}", *args, *QUICK, root=tmp_path)
     assert str(output) in result.stdout
-    assert f"\nTensorBoard logs of this run: {new_run(tmp_path)}" in result.stdout  # predict wrote no checkpoint
+    evaluation_dir(result, "predict", checkpoint)  # "TensorBoard logs", not "Checkpoints and ...": none written
     with open(output) as f:
         rows = list(csv.DictReader(f))
     columns = ["index", "target", "prediction", "confidence", "entropy", "mutual_information"]
@@ -126,7 +133,7 @@ def test_ckpt_path_last_looks_where_the_logger_of_the_flags_keeps_its_runs(tmp_p
     logger = ["--trainer.logger=TensorBoardLogger", f"--trainer.logger.save_dir={tmp_path / 'runs'}"]
     args = ["validate", "--ckpt_path=last", *logger, "--trainer.logger.name=digits", "--trainer.limit_val_batches=1"]
     run_train(*args, *QUICK, root=tmp_path)
-    assert "val/acc" in read_events(tmp_path / "runs" / "digits" / "version_1").Tags()["scalars"]
+    assert "val/acc" in read_events(earlier.parent / "validate_0").Tags()["scalars"]
 
 
 def logger(class_name: str, **init_args) -> Namespace:
@@ -147,3 +154,76 @@ def logger(class_name: str, **init_args) -> Namespace:
 )
 def test_runs_folder_is_where_the_logger_of_the_flags_puts_version_folders(logger_flags, expected):
     assert runs_folder(Namespace(default_root_dir="root", logger=logger_flags)) == Path(expected)
+
+
+# --- The checkpoint's classes: read before the parse, so that all their flags are accepted ----------------
+
+
+class Parsed(Exception):
+    """Raised with the parsed config where the CLI would start building the classes."""
+
+
+class ParseOnly(DropoutLabCLI):
+    def before_instantiate_classes(self) -> None:
+        raise Parsed(self.run_config)
+
+
+def parse(args: list[str]) -> Namespace:
+    with pytest.raises(Parsed) as parsed:
+        ParseOnly(args, run=True)
+    return parsed.value.args[0]
+
+
+def write_checkpoint(path: Path) -> Path:
+    """A checkpoint as train.py writes them (hyperparameters of both classes), of a CNN on MNISTDataModule."""
+    model = {"_class_path": "dropout_lab.CNNClassifier", "input_shape": (1, 28, 28), "num_classes": 10}
+    model |= {"channels": [4], "hidden": 8, "conv_dropout": 0.1}
+    data = {"_class_path": "dropout_lab.MNISTDataModule", "data_dir": "/old", "val_size": 1234, "batch_size": 16}
+    saved = {"state_dict": {}, "loops": {}, "hyper_parameters": model, "datamodule_hyper_parameters": data}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({**saved, "normalization": {"mean": [0.1307], "std": [0.3081]}}, path)
+    return path
+
+
+@pytest.mark.parametrize("ckpt", ["path", "last"])
+def test_every_flag_of_the_checkpoints_classes_is_accepted_and_overrides_its_value(tmp_path, ckpt):
+    path = write_checkpoint(tmp_path / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt")
+    flags = ["--model.conv_dropout=0.3", "--model.mc_samples=2", "--data.data_dir", "/moved"]
+    given = path if ckpt == "path" else "last"
+    config = parse(["test", f"--ckpt_path={given}", *flags, f"--trainer.default_root_dir={tmp_path}"])
+    assert config.ckpt_path == str(path)
+    assert config.model.class_path == "dropout_lab.CNNClassifier"
+    model = config.model.init_args
+    assert (model.conv_dropout, model.mc_samples, model.channels, model.hidden) == (0.3, 2, [4], 8)
+    assert config.data.class_path == "dropout_lab.MNISTDataModule"
+    data = config.data.init_args
+    assert (data.data_dir, data.val_size, data.batch_size) == ("/moved", 1234, 16)
+
+
+def test_a_datamodule_named_on_the_command_line_replaces_the_checkpoints_and_takes_none_of_its_arguments(tmp_path):
+    path = write_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    config = parse(["predict", f"--ckpt_path={path}", "--data=ImageFilesDataModule", "--data.paths=digits/*.png"])
+    assert config.data.class_path == "dropout_lab.ImageFilesDataModule"
+    data = config.data.init_args
+    assert data.batch_size == 64  # its own default, not the checkpoint's 16 (jsonargparse #460's carry-over)
+    assert (data.mean, data.std, data.input_shape, data.num_classes) == ([0.1307], [0.3081], (1, 28, 28), 10)
+
+
+@pytest.mark.slow  # needs the fitted checkpoint
+def test_evaluations_go_into_the_checkpoints_run_numbered_without_the_dirpath_warning(checkpoint, capsys, recwarn):
+    run_dir = checkpoint.parent.parent
+    before = {path.name for path in run_dir.iterdir()}
+    args = [f"--ckpt_path={checkpoint}", "--trainer.limit_val_batches=1", "--trainer.limit_predict_batches=1", *QUICK]
+    for subcommand in ("validate", "validate", "predict"):
+        DropoutLabCLI([subcommand, *args], run=True)
+    new = {path.name for path in run_dir.iterdir()} - before
+    numbers = sorted(int(name.rpartition("_")[2]) for name in new if name.startswith("validate_"))
+    assert len(numbers) == 2 and numbers[1] == numbers[0] + 1  # the second validate did not overwrite the first
+    (predicted,) = [name for name in new if name.startswith("predict_")]
+    assert (run_dir / predicted / "predictions.csv").is_file()  # the CSV's default place follows
+    assert not any(name.startswith("version_") for name in new)
+    assert not [w for w in recwarn if "dirpath has changed" in str(w.message) or "callbacks" in str(w.message)]
+    out = capsys.readouterr().out
+    table = [line for line in out.splitlines() if "/" in line and "DataLoader" not in line]
+    assert sum("gap/loss" in line for line in table) == 2  # once per validate (a line of its own), not per loader
+    assert not any("hp/" in line for line in table)

@@ -42,11 +42,10 @@ from dropout_lab.checkpointing import (
 from dropout_lab.classifier import Classifier
 from dropout_lab.nan_guard import NaNGuard
 from dropout_lab.prediction import PredictionCSV
-from dropout_lab.suggestions import SuggestingParser, import_class, init_parameters, package_classes
+from dropout_lab.suggestions import SuggestingParser, init_parameters, package_classes
 from dropout_lab.uncertainty import UncertaintyFigures
 
 EVALUATE = ("validate", "test", "predict")  # the subcommands that take model and data from the checkpoint
-DEFAULT_DATA = "dropout_lab.MNIST5kDataModule"
 
 DEFAULT_ROOT_DIR = "<trainer.default_root_dir>"  # a logger's save_dir placeholder, see with_logger_save_dir
 FOLDER_LOGGERS = ("TensorBoardLogger", "CSVLogger")  # loggers that keep runs in save_dir/name/version_N
@@ -78,6 +77,7 @@ class DropoutLabCLI(LightningCLI):
         """``run=False``: build the classes and parse no subcommand (train.py then fits and tests);
         ``run=True``: the first argument is a subcommand, which runs."""
         self.with_subcommands = run
+        self.checkpoint, self.checkpoint_path = {}, None  # an evaluation's, see start_from_checkpoint
         super().__init__(
             Classifier,
             L.LightningDataModule,
@@ -150,34 +150,56 @@ class DropoutLabCLI(LightningCLI):
                 "--output",
                 type=str | None,
                 default=None,
-                help="CSV file of the predictions (folders are created); default: predictions.csv in the run folder.",
+                help="CSV file of the predictions (folders are created); default: predictions.csv in this "
+                "predict's folder inside the checkpoint's run (RUN/predict_N/).",
             )
         return parser
 
-    def arguments_from_checkpoint(self, subcommand: str) -> list[str]:
-        """``--model=`` and ``--data=`` as the checkpoint's run had them, to put before the user's flags."""
+    def start_from_checkpoint(self, parser: LightningArgumentParser, argv: list[str]) -> Namespace | None:
+        """The checkpoint's model and DataModule, classes and arguments, for the parse to start from.
+
+        Read before the parse, from ``--ckpt_path`` on the command line, so that every flag of the checkpoint's
+        classes is accepted (``--model.conv_dropout`` of a CNN) and overrides the checkpoint's value.
+        """
+        subcommand, path = argv[0], last_value(argv, "--ckpt_path")
+        if path is None:  # none, or in a config file: see use_checkpoint
+            return None
+        if path == "last":
+            path = str(find_last_checkpoint(runs_folder(trainer_settings(parser, argv))))
+        self.load_checkpoint(path)
+        start = Namespace()
+        start[f"{subcommand}.model"] = class_and_arguments(self.checkpoint["hyper_parameters"])
+        saved_data = self.checkpoint.get("datamodule_hyper_parameters", {})
+        # A DataModule named on the command line (--data=ImageFilesDataModule) replaces the checkpoint's, whose
+        # arguments jsonargparse would otherwise carry over to it (as in its issue #460).
+        named = last_value(argv, "--data")
+        if "_class_path" in saved_data and (named is None or same_class(named, saved_data["_class_path"])):
+            start[f"{subcommand}.data"] = class_and_arguments(saved_data)
+        return start
+
+    def load_checkpoint(self, path: str) -> None:
+        self.checkpoint, self.checkpoint_path = load_checked(path), path
+        if "_class_path" not in self.checkpoint.get("hyper_parameters", {}):
+            raise ValueError(
+                f"--ckpt_path={path} was not written by this template's train.py (its hyperparameters "
+                "name no model class). Pass a checkpoint from lightning_logs/version_N/checkpoints/."
+            )
+
+    def use_checkpoint(self, subcommand: str) -> None:
+        """Check that the evaluation has its checkpoint; load one that a config file named."""
         config = self.config[subcommand]
         if not config.ckpt_path:
             raise ValueError(
                 f"{subcommand} needs the checkpoint to evaluate: --ckpt_path=lightning_logs/version_N/checkpoints/"
                 "last.ckpt (a run of python train.py)."
             )
-        if config.ckpt_path == "last":
-            config.ckpt_path = str(find_last_checkpoint(runs_folder(config.trainer)))
-        self.checkpoint = load_checked(config.ckpt_path)
-        if "_class_path" not in self.checkpoint.get("hyper_parameters", {}):
-            raise ValueError(
-                f"--ckpt_path={config.ckpt_path} was not written by this template's train.py (its hyperparameters "
-                "name no model class). Pass a checkpoint from lightning_logs/version_N/checkpoints/."
-            )
-        prefix = ["--model=" + json.dumps(class_and_arguments(self.checkpoint["hyper_parameters"]))]
-        saved_data = self.checkpoint.get("datamodule_hyper_parameters", {})
-        # A DataModule chosen on the command line (--data=ImageFilesDataModule) replaces the checkpoint's.
-        chosen = import_class(config.data.class_path) if isinstance(config.data, Namespace) else None
-        saved_class = import_class(saved_data.get("_class_path"))
-        if saved_class is not None and chosen in (saved_class, import_class(DEFAULT_DATA)):
-            prefix.append("--data=" + json.dumps(class_and_arguments(saved_data)))
-        return prefix
+        if config.ckpt_path == "last" and self.checkpoint_path:  # found before the parse
+            config.ckpt_path = self.checkpoint_path
+        elif config.ckpt_path != self.checkpoint_path:  # from a config file, which names the model and data too
+            if config.ckpt_path == "last":
+                config.ckpt_path = str(find_last_checkpoint(runs_folder(config.trainer)))
+            self.load_checkpoint(config.ckpt_path)
+        self.fill_data_from_checkpoint(subcommand)
 
     def fill_data_from_checkpoint(self, subcommand: str) -> None:
         """Give a DataModule that takes them (ImageFilesDataModule) the model's input shape and normalization."""
@@ -190,7 +212,7 @@ class DropoutLabCLI(LightningCLI):
 
     def _parse_ckpt_path(self) -> None:
         # LightningCLI's own version parses the checkpoint's model arguments *over* the command line
-        # (--model.mc_samples=30 would be lost) and ignores the DataModule's; parse_arguments does both.
+        # (--model.mc_samples=30 would be lost) and ignores the DataModule's; start_from_checkpoint does both.
         pass
 
     @property
@@ -199,7 +221,7 @@ class DropoutLabCLI(LightningCLI):
         return self.config[self.subcommand] if self.subcommand else self.config
 
     def parse_arguments(self, parser: LightningArgumentParser, args: list[str] | None) -> None:
-        """Parse; for validate, test and predict, parse again with the checkpoint's model and data first."""
+        """Parse; validate, test and predict start from the checkpoint's model and data (start_from_checkpoint)."""
         argv = list(sys.argv[1:] if args is None else args if isinstance(args, list) else [])
         for section, base in (("model", Classifier), ("data", L.LightningDataModule)):
             # Without a class name jsonargparse would show the base class: the abstract Classifier, whose
@@ -213,18 +235,15 @@ class DropoutLabCLI(LightningCLI):
                 )
                 parser.exit(0)
         argv = with_logger_save_dir(argv)
-        # As LightningCLI parses a list, without its warning about args given beside sys.argv.
-        self.config = parser.parse_args(argv)
-        subcommand = self.config.get("subcommand")
-        if subcommand not in EVALUATE:
-            return
-        at = argv.index(subcommand) + 1
+        evaluation = self.with_subcommands and bool(argv) and argv[0] in EVALUATE
         try:
-            prefix = self.arguments_from_checkpoint(subcommand)
+            start = self.start_from_checkpoint(parser, argv) if evaluation else None
+            # As LightningCLI parses a list, without its warning about args given beside sys.argv.
+            self.config = parser.parse_args(argv, namespace=start)
+            if evaluation:
+                self.use_checkpoint(argv[0])
         except ValueError as error:
             parser.exit(2, f"error: {error}\n")
-        self.config = parser.parse_args([*argv[:at], *prefix, *argv[at:]])
-        self.fill_data_from_checkpoint(subcommand)
 
     def before_instantiate_classes(self) -> None:
         config = self.run_config
@@ -233,6 +252,8 @@ class DropoutLabCLI(LightningCLI):
             logger.init_args.save_dir = config.trainer.default_root_dir or os.getcwd()
         if self.subcommand in (None, "fit") and config.ckpt_path in ("last", "auto"):
             self.resume_last_run()
+        if self.subcommand in EVALUATE:
+            self.log_into_the_checkpoints_run()
         self.leave_out_callbacks_without_use()
 
     def leave_out_callbacks_without_use(self) -> None:
@@ -245,6 +266,37 @@ class DropoutLabCLI(LightningCLI):
             callbacks = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
             self._parser(self.subcommand).callback_keys.remove("checkpoint")  # the --checkpoint.* one
         self.trainer_defaults = {**self.trainer_defaults, "callbacks": callbacks}
+
+    def log_into_the_checkpoints_run(self) -> None:
+        """Write an evaluation into the run of its checkpoint, as ``<run>/test_0``, ``test_1``, ``validate_0``, ...
+
+        Not a new ``version_N`` beside the training runs: the logs, config.yaml and predictions.csv of a
+        test stay with the run they test. A checkpoint outside a run's ``checkpoints/`` folder gets its
+        evaluations beside it. Loggers that keep no folders (MLflow, ...) are left as they are.
+        """
+        config = self.run_config
+        trainer = config.trainer
+        checkpoint = Path(config.ckpt_path)
+        run_dir = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
+        number = 0
+        while (run_dir / f"{self.subcommand}_{number}").exists():
+            number += 1
+        self.evaluation_dir = run_dir / f"{self.subcommand}_{number}"
+        if trainer.logger is None or trainer.logger is True:  # the Trainer's default TensorBoardLogger, made explicit
+            trainer.logger = Namespace(class_path="lightning.pytorch.loggers.TensorBoardLogger", init_args=Namespace())
+        for logger in trainer.logger if isinstance(trainer.logger, list) else [trainer.logger]:
+            if isinstance(logger, Namespace) and logger.class_path.rpartition(".")[2] in FOLDER_LOGGERS:
+                # save_dir/name/version is the log folder: a version with a slash puts it inside the run.
+                logger.init_args.save_dir, logger.init_args.name = str(run_dir.parent), ""
+                logger.init_args.version = f"{run_dir.name}/{self.evaluation_dir.name}"
+
+    def after_instantiate_classes(self) -> None:
+        if self.subcommand in EVALUATE:
+            # The ModelCheckpoints of an evaluation (which saves nothing) are those of the checkpoint's run: with
+            # another folder, loading their state warns "The dirpath has changed ... won't be reloaded".
+            saved = self.checkpoint.get("callbacks", {})
+            for callback in self.trainer.checkpoint_callbacks:
+                callback.dirpath = saved.get(callback.state_key, {}).get("dirpath", callback.dirpath)
 
     def resume_last_run(self) -> None:
         """Point ``ckpt_path`` at the newest ``last.ckpt`` and log into that run's folder again.
@@ -290,12 +342,12 @@ class DropoutLabCLI(LightningCLI):
 
     def instantiate_classes(self) -> None:
         try:
-            check_cuda_requested(self._get(self.config, "trainer").accelerator)
+            check_cuda_requested(self.run_config.trainer.accelerator)
             super().instantiate_classes()
             check_cpu_processes(self.trainer)
             if self.subcommand in (None, "fit") and isinstance(self.model, Classifier):  # needs model and trainer
                 self.model.check_dropout_cutoff(self.trainer.max_epochs)
-            ckpt_path = self._get(self.config, "ckpt_path")
+            ckpt_path = self.run_config.ckpt_path
             if ckpt_path and self.subcommand in EVALUATE:
                 check_weights_fit(ckpt_path, self.checkpoint, self.model)
             elif ckpt_path:
@@ -313,7 +365,7 @@ class DropoutLabCLI(LightningCLI):
         output = self.config.predict.output
         if output and Path(output).is_dir():  # checked before the run folder is made and any work is done
             self.parser.exit(2, f"error: --output={output} is a folder: give a file, e.g. {Path(output) / 'p.csv'}\n")
-        self.trainer.callbacks.append(PredictionCSV(output))
+        self.trainer.callbacks.append(PredictionCSV(output or str(self.evaluation_dir / "predictions.csv")))
 
 
 def run_test(trainer: L.Trainer, model: L.LightningModule, datamodule: L.LightningDataModule, ckpt_path) -> None:
@@ -333,14 +385,47 @@ def run_test(trainer: L.Trainer, model: L.LightningModule, datamodule: L.Lightni
         model.mc_samples = samples
 
 
-def class_and_arguments(hparams: dict) -> dict:
-    """A checkpoint's saved hyperparameters as ``{"class_path", "init_args"}`` for ``--model=``/``--data=``."""
+def class_and_arguments(hparams: dict) -> Namespace:
+    """A checkpoint's saved hyperparameters as the ``class_path`` and ``init_args`` of ``--model``/``--data``."""
     class_path = hparams["_class_path"]
     accepted = init_parameters(class_path)
     # input_shape and num_classes are linked from the data; arguments the class no longer takes are left out.
     skipped = {"input_shape", "num_classes"}
     init_args = {key: value for key, value in hparams.items() if key in accepted and key not in skipped}
-    return {"class_path": class_path, "init_args": init_args}
+    return Namespace(class_path=class_path, init_args=Namespace(init_args))
+
+
+def last_value(argv: list[str], flag: str) -> str | None:
+    """The value of the last ``flag=VALUE`` or ``flag VALUE`` in ``argv``, or None."""
+    value = None
+    for i, arg in enumerate(argv):
+        if arg.startswith(flag + "="):
+            value = arg[len(flag) + 1 :]
+        elif arg == flag and i + 1 < len(argv):
+            value = argv[i + 1]
+    return value
+
+
+def same_class(name: str, class_path: str) -> bool:
+    """Whether ``--data=NAME`` (a class name, a dotted path or a JSON class spec) names ``class_path``'s class."""
+    if name.lstrip().startswith("{"):
+        name = json.loads(name).get("class_path", "")
+    return name.rpartition(".")[2] == class_path.rpartition(".")[2]
+
+
+def trainer_settings(parser: LightningArgumentParser, argv: list[str]) -> Namespace:
+    """The ``--trainer`` settings of an evaluation's ``argv``, to find ``--ckpt_path=last`` before the model is known.
+
+    Parsed without the ``--model``/``--data`` flags, which may belong to the classes of the checkpoint sought.
+    """
+    kept, skip = [], False
+    for arg in argv:
+        key = arg.partition("=")[0]
+        if skip or key.split(".")[0] in ("--model", "--data") or key.startswith("--print_config"):
+            skip = not skip and "=" not in arg and not key.startswith("--print_config")  # the value that follows
+            continue
+        kept.append(arg)
+    return parser.parse_args(kept)[argv[0]].trainer
 
 
 def count_batches_as_int(parser: LightningArgumentParser) -> None:
