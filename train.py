@@ -71,6 +71,8 @@ def print_where_the_run_is(trainer: Trainer, log_dir: str | None, subcommand: st
         print(f"\n{'Checkpoints and logs' if checkpoints else 'Logs'} of {this}: {log_dir}")
     elif checkpoints is not None:
         print(f"\nCheckpoints of this run: {checkpoints.dirpath}")
+    elif evaluation:
+        print(f"\nconfig.yaml of {this}: {log_dir}")
 
 
 if __name__ == "__main__":

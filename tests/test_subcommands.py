@@ -210,10 +210,13 @@ def test_a_datamodule_named_on_the_command_line_replaces_the_checkpoints_and_tak
 
 
 @pytest.mark.slow  # needs the fitted checkpoint
-def test_evaluations_go_into_the_checkpoints_run_numbered_without_the_dirpath_warning(checkpoint, capsys, recwarn):
+def test_evaluations_go_into_the_checkpoints_run_numbered_without_the_dirpath_warning(
+    tmp_path, checkpoint, capsys, recwarn
+):
     run_dir = checkpoint.parent.parent
     before = {path.name for path in run_dir.iterdir()}
     args = [f"--ckpt_path={checkpoint}", "--trainer.limit_val_batches=1", "--trainer.limit_predict_batches=1", *QUICK]
+    args.append(f"--trainer.default_root_dir={tmp_path}")  # where nothing is written
     for subcommand in ("validate", "validate", "predict"):
         DropoutLabCLI([subcommand, *args], run=True)
     new = {path.name for path in run_dir.iterdir()} - before
@@ -221,7 +224,7 @@ def test_evaluations_go_into_the_checkpoints_run_numbered_without_the_dirpath_wa
     assert len(numbers) == 2 and numbers[1] == numbers[0] + 1  # the second validate did not overwrite the first
     (predicted,) = [name for name in new if name.startswith("predict_")]
     assert (run_dir / predicted / "predictions.csv").is_file()  # the CSV's default place follows
-    assert not any(name.startswith("version_") for name in new)
+    assert not any(name.startswith("version_") for name in new) and not any(tmp_path.iterdir())
     assert not [w for w in recwarn if "dirpath has changed" in str(w.message) or "callbacks" in str(w.message)]
     out = capsys.readouterr().out
     table = [line for line in out.splitlines() if "/" in line and "DataLoader" not in line]

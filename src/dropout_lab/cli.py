@@ -57,8 +57,9 @@ The flags people change most: --model=MLPClassifier or CNNClassifier (or your_mo
 FashionMNISTDataModule or CIFAR10DataModule, --trainer.max_epochs=15, --config=configs/cnn_mnist5k.yaml.
 One class's own flags and their meaning: --model.help CNNClassifier, --data.help MNISTDataModule.
 After training: python train.py test|validate|predict --ckpt_path=RUN/checkpoints/last.ckpt (the model and
-data come from the checkpoint; --model.mc_samples=30 for MC dropout); python train.py fit: fit only.
-Every flag follows."""
+data come from the checkpoint; --model.mc_samples=30 for MC dropout; they write into the checkpoint's run,
+RUN/test_0, ...); predict --data=ImageFilesDataModule --data.paths='my_digits/*.png': your own images;
+python train.py fit: fit only. Every flag follows."""
 
 # Two notices from inside Lightning that are not about the run: an advertisement on every Trainer, and a
 # deprecation inside Lightning's own code (lightning/pytorch/utilities/_pytree.py uses torch's LeafSpec).
@@ -282,6 +283,7 @@ class DropoutLabCLI(LightningCLI):
         while (run_dir / f"{self.subcommand}_{number}").exists():
             number += 1
         self.evaluation_dir = run_dir / f"{self.subcommand}_{number}"
+        trainer.default_root_dir = str(self.evaluation_dir)  # also without a logger: config.yaml goes there
         if trainer.logger is None or trainer.logger is True:  # the Trainer's default TensorBoardLogger, made explicit
             trainer.logger = Namespace(class_path="lightning.pytorch.loggers.TensorBoardLogger", init_args=Namespace())
         for logger in trainer.logger if isinstance(trainer.logger, list) else [trainer.logger]:
