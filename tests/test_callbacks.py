@@ -5,6 +5,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from lightning.pytorch.trainer.states import TrainerFn
 
 from dropout_lab.callbacks import GeneralizationGap
 from dropout_lab.nan_guard import NaNGuard
@@ -23,7 +24,9 @@ class LoggedValues:
 def validation_end(gap: GeneralizationGap, val_acc: float, sanity_checking: bool = False) -> dict:
     metrics = {key: torch.tensor(0.5) for key in ("val/loss", "train_eval/loss", "train_eval/acc")}
     trainer = SimpleNamespace(
-        sanity_checking=sanity_checking, callback_metrics={**metrics, "val/acc": torch.tensor(val_acc)}
+        sanity_checking=sanity_checking,
+        callback_metrics={**metrics, "val/acc": torch.tensor(val_acc)},
+        state=SimpleNamespace(fn=TrainerFn.FITTING),
     )
     module = LoggedValues()
     gap.on_validation_epoch_end(trainer, module)
