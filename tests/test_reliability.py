@@ -101,7 +101,7 @@ BAD_INPUT = {
         ["model.dropout: 0.5 in the checkpoint, 0.7 now", "resume with the checkpoint's values"],
     ),
     "ckpt_of_the_other_model": (
-        ["--ckpt_path={cnn_ckpt}"],
+        ["--model=MLPClassifier", "--ckpt_path={cnn_ckpt}"],  # without --model, the checkpoint's class is taken
         [
             "holds weights of dropout_lab.CNNClassifier that do not fit this MLPClassifier",
             "missing net.layers.2.weight",

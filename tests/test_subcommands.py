@@ -200,6 +200,30 @@ def test_every_flag_of_the_checkpoints_classes_is_accepted_and_overrides_its_val
     assert (data.data_dir, data.val_size, data.batch_size) == ("/moved", 1234, 16)
 
 
+@pytest.mark.parametrize("subcommand", [[], ["fit"]])
+@pytest.mark.parametrize("ckpt", ["path", "last", "auto"])
+def test_a_resumed_fit_starts_from_the_checkpoints_classes_and_arguments(tmp_path, ckpt, subcommand):
+    # A run trained with --model=CNNClassifier --model.conv_dropout=0.1 ... is resumed with --ckpt_path alone:
+    # the defaults (MLPClassifier, dropout 0.5, MNIST5kDataModule) would make check_resumable refuse it.
+    path = write_checkpoint(tmp_path / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt")
+    given = path if ckpt == "path" else ckpt
+    args = [*subcommand, f"--ckpt_path={given}", "--model.lr=0.01", f"--trainer.default_root_dir={tmp_path}"]
+    with pytest.raises(Parsed) as parsed:
+        ParseOnly(args, run=bool(subcommand))
+    config = parsed.value.args[0]
+    assert config.model.class_path == "dropout_lab.CNNClassifier"
+    model = config.model.init_args
+    assert (model.conv_dropout, model.channels, model.hidden, model.lr) == (0.1, [4], 8, 0.01)  # lr: the flag's
+    assert config.data.class_path == "dropout_lab.MNISTDataModule"
+    assert (config.data.init_args.data_dir, config.data.init_args.val_size) == ("/old", 1234)
+
+
+def test_a_new_run_with_ckpt_path_auto_and_no_run_yet_starts_from_the_defaults(tmp_path):
+    with pytest.raises(Parsed) as parsed:
+        ParseOnly(["--ckpt_path=auto", f"--trainer.default_root_dir={tmp_path}"])
+    assert parsed.value.args[0].model.class_path == "dropout_lab.MLPClassifier"
+
+
 def test_a_datamodule_named_on_the_command_line_replaces_the_checkpoints_and_takes_none_of_its_arguments(tmp_path):
     path = write_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")
     config = parse(["predict", f"--ckpt_path={path}", "--data=ImageFilesDataModule", "--data.paths=digits/*.png"])

@@ -160,22 +160,32 @@ class DropoutLabCLI(LightningCLI):
         """The checkpoint's model and DataModule, classes and arguments, for the parse to start from.
 
         Read before the parse, from ``--ckpt_path`` on the command line, so that every flag of the checkpoint's
-        classes is accepted (``--model.conv_dropout`` of a CNN) and overrides the checkpoint's value.
+        classes is accepted (``--model.conv_dropout`` of a CNN) and overrides the checkpoint's value. A resumed
+        fit starts from them too: ``--ckpt_path=last`` alone continues a run trained with ``--model.dropout=0.7``
+        at 0.7, and a flag that changes a saved argument is refused by check_resumable.
         """
-        subcommand, path = argv[0], last_value(argv, "--ckpt_path")
+        subcommand = argv[0] if self.with_subcommands else None
+        path = last_value(argv, "--ckpt_path")
         if path is None:  # none, or in a config file: see use_checkpoint
             return None
-        if path == "last":
-            path = str(find_last_checkpoint(runs_folder(trainer_settings(parser, argv))))
+        if path in ("last", "auto"):
+            try:
+                path = str(find_last_checkpoint(runs_folder(trainer_settings(parser, argv, subcommand))))
+            except ValueError:
+                if subcommand not in EVALUATE:  # resume_last_run says so, or starts a new run (auto)
+                    return None
+                raise
         self.load_checkpoint(path)
-        start = Namespace()
-        start[f"{subcommand}.model"] = class_and_arguments(self.checkpoint["hyper_parameters"])
-        saved_data = self.checkpoint.get("datamodule_hyper_parameters", {})
-        # A DataModule named on the command line (--data=ImageFilesDataModule) replaces the checkpoint's, whose
+        start, section = Namespace(), f"{subcommand}." if subcommand else ""
+        # A class named on the command line (--data=ImageFilesDataModule) replaces the checkpoint's, whose
         # arguments jsonargparse would otherwise carry over to it (as in its issue #460).
-        named = last_value(argv, "--data")
-        if "_class_path" in saved_data and (named is None or same_class(named, saved_data["_class_path"])):
-            start[f"{subcommand}.data"] = class_and_arguments(saved_data)
+        for key, saved in (
+            ("model", self.checkpoint["hyper_parameters"]),
+            ("data", self.checkpoint.get("datamodule_hyper_parameters", {})),
+        ):
+            named = last_value(argv, f"--{key}")
+            if "_class_path" in saved and (named is None or same_class(named, saved["_class_path"])):
+                start[section + key] = class_and_arguments(saved)
         return start
 
     def load_checkpoint(self, path: str) -> None:
@@ -238,7 +248,7 @@ class DropoutLabCLI(LightningCLI):
         argv = with_logger_save_dir(argv)
         evaluation = self.with_subcommands and bool(argv) and argv[0] in EVALUATE
         try:
-            start = self.start_from_checkpoint(parser, argv) if evaluation else None
+            start = self.start_from_checkpoint(parser, argv)
             # As LightningCLI parses a list, without its warning about args given beside sys.argv.
             self.config = parser.parse_args(argv, namespace=start)
             if evaluation:
@@ -415,8 +425,8 @@ def same_class(name: str, class_path: str) -> bool:
     return name.rpartition(".")[2] == class_path.rpartition(".")[2]
 
 
-def trainer_settings(parser: LightningArgumentParser, argv: list[str]) -> Namespace:
-    """The ``--trainer`` settings of an evaluation's ``argv``, to find ``--ckpt_path=last`` before the model is known.
+def trainer_settings(parser: LightningArgumentParser, argv: list[str], subcommand: str | None) -> Namespace:
+    """The ``--trainer`` settings in ``argv``, to find ``--ckpt_path=last`` before the model is known.
 
     Parsed without the ``--model``/``--data`` flags, which may belong to the classes of the checkpoint sought.
     """
@@ -427,7 +437,8 @@ def trainer_settings(parser: LightningArgumentParser, argv: list[str]) -> Namesp
             skip = not skip and "=" not in arg and not key.startswith("--print_config")  # the value that follows
             continue
         kept.append(arg)
-    return parser.parse_args(kept)[argv[0]].trainer
+    config = parser.parse_args(kept)
+    return (config[subcommand] if subcommand else config).trainer
 
 
 def count_batches_as_int(parser: LightningArgumentParser) -> None:
