@@ -50,3 +50,16 @@ def read_events(run_dir: Path) -> EventAccumulator:
 def scalars(events: EventAccumulator, tag: str) -> list[tuple[int, float]]:
     """(step, value) of every point logged under ``tag``."""
     return [(e.step, e.value) for e in events.Scalars(tag)]
+
+
+def hparams_tab_columns(events: EventAccumulator) -> list[str]:
+    """The hyperparameter columns TensorBoard's HParams tab ticks for this run, as its backend and page pick them.
+
+    TensorBoard 2.21 orders the experiment's HParamInfos by (not differs, name) and ticks the first five;
+    tests/test_callbacks.py checks that its page still does so.
+    """
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    content = events.PluginTagToContent("hparams")["_hparams_/experiment"]
+    infos = plugin_data_pb2.HParamsPluginData.FromString(content).experiment.hparam_infos
+    return [info.name for info in sorted(infos, key=lambda info: (not info.differs, info.name))[:5]]

@@ -1,13 +1,21 @@
 """The callbacks on their own, driven by hand: what they log and when they stop a run."""
 
 import math
+import re
+import zipfile
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import tensorboard
 import torch
+from conftest import hparams_tab_columns, read_events
 from lightning.pytorch.trainer.states import TrainerFn
+from tensorboard.plugins.hparams import plugin_data_pb2
+from torch.utils.tensorboard import SummaryWriter
 
-from dropout_lab.callbacks import GeneralizationGap
+from dropout_lab import MLPClassifier, MNIST5kDataModule
+from dropout_lab.callbacks import GeneralizationGap, add_hparams_summary, hparams_table
 from dropout_lab.nan_guard import NaNGuard
 
 
@@ -53,3 +61,26 @@ def test_nan_guard_stops_at_a_nan_or_infinite_loss(loss):
     with pytest.raises(FloatingPointError, match=f"the training loss became {loss}"):
         NaNGuard().on_train_batch_end(trainer, None, torch.tensor(loss), None, 0)
     NaNGuard().on_train_batch_end(trainer, None, torch.tensor(2.3), None, 0)  # a finite loss goes on
+
+
+def test_hparams_tab_shows_model_dropout_rates_lr_and_seed_without_ticking(tmp_path):
+    model = MLPClassifier(dropout=0.3)
+    model.hparams.update(learn_dropout=True, dropout_schedule="early")  # dropout settings that are not rates
+    with SummaryWriter(tmp_path) as writer:
+        add_hparams_summary(writer, hparams_table(model, MNIST5kDataModule()))
+    events = read_events(tmp_path)
+    assert hparams_tab_columns(events) == ["dropout", "input_dropout", "lr", "model", "seed_everything"]
+    content = events.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+    session = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info.hparams
+    assert {"data", "learn_dropout", "dropout_schedule", "seed", "batch_size", "hidden"} <= set(session)
+    assert session["data"].string_value == "MNIST5kDataModule" and session["dropout"].number_value == 0.3
+
+
+def test_tensorboard_hparams_page_ticks_five_columns_marked_differs_first():
+    """What hparams_tab_columns (conftest) assumes of TensorBoard's page; when this fails, check the tab itself
+    with scripts/make_images.py and adapt HPARAMS_SHOWN in callbacks.py."""
+    with zipfile.ZipFile(Path(tensorboard.__file__).parent / "webfiles.zip") as web:
+        page = web.read("index.js").decode()
+    sort_differs_first = re.search(r"(\w)\.sort\(\((\w),(\w)\)=>\2\.info\.differs===\3\.info\.differs", page)
+    assert sort_differs_first, "the HParams page no longer sorts hyperparameters with differs first"
+    assert f"Math.min(5,{sort_differs_first.group(1)}.length)" in page, "the HParams page no longer ticks five"

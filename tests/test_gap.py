@@ -4,7 +4,7 @@ import signal
 
 import pytest
 import torch
-from conftest import QUICK, only_run_dir, read_events, run_train, scalars
+from conftest import QUICK, hparams_tab_columns, only_run_dir, read_events, run_train, scalars
 from tensorboard.plugins.custom_scalar import layout_pb2
 from tensorboard.plugins.hparams import plugin_data_pb2
 
@@ -48,6 +48,7 @@ def test_hparams_summary_records_the_run_and_its_final_metrics(events):
     assert hparams["dropout"].number_value == pytest.approx(0.3)
     assert hparams["seed_everything"].number_value == 5
     assert {"lr", "batch_size", "seed"} <= set(hparams)  # seed: the split seed of the DataModule
+    assert hparams_tab_columns(events) == ["dropout", "input_dropout", "lr", "model", "seed_everything"]
     # The dashboard shows the last value of each metric: the real ones, after the placeholder.
     assert scalars(events, "hp/gap_loss")[-1][1] == pytest.approx(scalars(events, "gap/loss")[-1][1])
     assert scalars(events, "hp/test_acc")[-1][1] == pytest.approx(scalars(events, "test/acc")[-1][1])

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import ROOT, read_events, run_train, scalars
+from conftest import ROOT, hparams_tab_columns, read_events, run_train, scalars
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 from dropout_lab.tuning import VALIDATION_METRICS, SpaceError, TuneCLI, metric_direction, parse_entry, tune, user_config
@@ -184,6 +184,7 @@ def test_tiny_search_writes_trials_runs_and_a_best_config_that_train_py_reproduc
         assert (run_dir / "checkpoints" / "last.ckpt").exists() and (run_dir / "config.yaml").exists()
         assert tune_hparams(run_dir) == {"tune/trial": trial.number, "tune/state": "COMPLETE"}
         events = read_events(run_dir)
+        assert hparams_tab_columns(events) == ["dropout", "input_dropout", "lr", "model", "seed_everything"]
         assert "gap/loss" in events.Tags()["scalars"]
         assert scalars(events, "val/acc")[-1][1] == pytest.approx(trial.value)
 

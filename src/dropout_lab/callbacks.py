@@ -8,11 +8,15 @@ by the same validation loop as ``val/*`` (the DataModule's second validation loa
 
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import lightning as L
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.trainer.states import TrainerFn
+from tensorboard.plugins.hparams import plugin_data_pb2
+from torch.utils.tensorboard import SummaryWriter
+from torch.utils.tensorboard.summary import hparams
 
 # The HParams dashboard shows the last value of each of these tags for every run.
 # hp/test_* copy the test metrics, deterministic and with MC dropout (test_mc/, see uncertainty.py).
@@ -20,6 +24,11 @@ TEST_SUMMARY = {
     f"hp/{loop}_{name}": f"{loop}/{name}" for loop in ("test", "test_mc") for name in ("acc", "nll", "ece", "brier")
 }
 HPARAM_METRICS = ("hp/val_acc_best", "hp/gap_loss", "hp/gap_acc", *TEST_SUMMARY)
+
+# TensorBoard 2.21's HParams tab ticks five hyperparameter columns (and the first five metrics): those whose
+# HParamInfo says `differs` first, then by name. A run cannot know whether its values differ from other runs',
+# so `differs` is set here for the one thing TensorBoard uses it for, to pick the first hparams_table keys.
+HPARAMS_SHOWN = 5
 
 LAYOUT = {
     "generalization": {
@@ -102,21 +111,42 @@ class TensorBoardLayout(L.Callback):
         if trainer.ckpt_path and any(Path(logger.log_dir).glob("events.out.tfevents.*")):
             return
         logger.experiment.add_custom_scalars(LAYOUT)
-        if not self.log_hparams:
+        if not self.log_hparams or not trainer.is_global_zero:  # other ranks' experiment writes nothing
             return
         # Lightning's own hyperparameter logging is off (save_hyperparameters(logger=False)) so that
         # the summary is written once, here, with the metrics the HParams dashboard should compare.
-        metrics = {tag: math.nan for tag in HPARAM_METRICS}
         # Learned dropout rates (learn_dropout) are compared across runs too: hp/p_<layer>, logged by the model.
-        metrics |= {f"hp/p_{name}": math.nan for name in getattr(pl_module, "learned_rates", dict)()}
-        logger.log_hyperparams(hparams_table(pl_module, trainer.datamodule), metrics)
+        learned = [f"hp/p_{name}" for name in getattr(pl_module, "learned_rates", dict)()]
+        metrics = [*HPARAM_METRICS, *learned]
+        # The placeholders make the hp/ metrics exist from the start; their last value is the real one.
+        logger.log_metrics({tag: math.nan for tag in metrics})
+        add_hparams_summary(logger.experiment, hparams_table(pl_module, trainer.datamodule), metrics)
+
+
+def add_hparams_summary(writer: SummaryWriter, params: dict, metrics: Sequence[str] = HPARAM_METRICS) -> None:
+    """Write the run's HParams summary, its first ``HPARAMS_SHOWN`` keys marked to be shown without ticking."""
+    params = {key: value if isinstance(value, (int, float, str, bool)) else str(value) for key, value in params.items()}
+    summaries = hparams(params, {tag: math.nan for tag in metrics})
+    plugin_data = summaries[0].value[0].metadata.plugin_data  # the experiment: its hparam_infos and metric_infos
+    content = plugin_data_pb2.HParamsPluginData.FromString(plugin_data.content)
+    shown = list(params)[:HPARAMS_SHOWN]
+    for info in content.experiment.hparam_infos:
+        info.differs = info.name in shown
+    plugin_data.content = content.SerializeToString()
+    file_writer = writer._get_file_writer()  # reopens the writer Lightning closes at the end of fit (tune.py)
+    for summary in summaries:
+        file_writer.add_summary(summary)
+    file_writer.flush()
 
 
 def hparams_table(model: L.LightningModule, datamodule: L.LightningDataModule | None) -> dict:
-    """The run's settings for the HParams dashboard: model, data, dropout rates, learning rate, seeds, then the rest.
+    """The run's settings for the HParams dashboard, the columns it shows first leading.
 
-    LightningCLI's ``_class_path``/``_instantiator`` are left out (the class is the ``model`` column); a key
-    that model and data share is recorded as ``model.KEY`` and ``data.KEY``, as the flags name them.
+    First (shown without ticking, see ``HPARAMS_SHOWN``): the model class, its dropout rates (every number
+    whose name holds ``dropout``), learning rate and ``seed_everything``; then the data class, the other
+    dropout settings, the data's seeds, and the rest. LightningCLI's ``_class_path``/``_instantiator`` are
+    left out (the class is the ``model`` column); a key that model and data share is recorded as
+    ``model.KEY`` and ``data.KEY``, as the flags name them.
     """
     model_params = {key: value for key, value in model.hparams.items() if not key.startswith("_")}
     for key in ("lr", "weight_decay", "cosine"):  # what the optimizer ran with, also for a model without them
@@ -128,11 +158,17 @@ def hparams_table(model: L.LightningModule, datamodule: L.LightningDataModule | 
     data_params = {(f"data.{key}" if key in shared else key): value for key, value in data_params.items()}
     params = {
         "model": type(model).__name__,
-        "data": type(datamodule).__name__ if datamodule is not None else None,
-        # The rates (dropout, input_dropout, conv_dropout), not the flags about them (learn_dropout, dropout_schedule).
-        **{key: value for key, value in model_params.items() if key.endswith("dropout") and type(value) is not bool},
+        # The rates (dropout, input_dropout, conv_dropout), not the settings about them (learn_dropout,
+        # dropout_cutoff_epoch, dropout_regularizer), which would push lr and the seed out of the shown columns.
+        **{key: value for key, value in model_params.items() if key.endswith("dropout") and is_number(value)},
         **{key: value for key, value in model_params.items() if key.endswith("lr")},
         "seed_everything": int(os.environ.get("PL_GLOBAL_SEED", -1)),
+        "data": type(datamodule).__name__ if datamodule is not None else None,
+        **{key: value for key, value in model_params.items() if "dropout" in key},
         **{key: value for key, value in data_params.items() if key.endswith("seed")},
     }
     return params | {key: value for key, value in (model_params | data_params).items() if key not in params}
+
+
+def is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)

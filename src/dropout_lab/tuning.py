@@ -37,10 +37,9 @@ import sqlalchemy.exc
 import yaml
 from jsonargparse.typing import PositiveInt
 from lightning.pytorch.cli import LightningArgumentParser
-from torch.utils.tensorboard.summary import hparams
 
 from dropout_lab import sweep_summary
-from dropout_lab.callbacks import HPARAM_METRICS, TensorBoardLayout, hparams_table
+from dropout_lab.callbacks import HPARAM_METRICS, TensorBoardLayout, add_hparams_summary, hparams_table
 from dropout_lab.cli import DEFAULT_ROOT_DIR, DropoutLabCLI, run_test
 from dropout_lab.suggestions import init_parameters
 
@@ -512,14 +511,9 @@ def write_hparams(trainer: L.Trainer, model: L.LightningModule, tune_params: dic
     TensorBoard keeps the first summary of a run, so this is the only one; the metrics' values are
     the hp/* scalars the run already logged.
     """
-    params = {
-        key: value if isinstance(value, (int, float, str, bool)) else str(value)
-        for key, value in hparams_table(model, trainer.datamodule).items()
-    }
-    writer = trainer.logger.experiment._get_file_writer()  # reopens the writer Lightning closed at the end of fit
-    for summary in hparams(params | tune_params, {tag: math.nan for tag in HPARAM_METRICS}):
-        writer.add_summary(summary)
-    writer.flush()
+    learned = [f"hp/p_{name}" for name in getattr(model, "learned_rates", dict)()]  # with --model.learn_dropout
+    params = hparams_table(model, trainer.datamodule) | tune_params
+    add_hparams_summary(trainer.logger.experiment, params, [*HPARAM_METRICS, *learned])
 
 
 def optimize(study: optuna.Study, run_trial, n_trials: int, timeout: float | None, counted=None) -> None:
