@@ -168,14 +168,17 @@ class DropoutLabCLI(LightningCLI):
         path = last_value(argv, "--ckpt_path")
         if path is None:  # none, or in a config file: see use_checkpoint
             return None
-        if path in ("last", "auto"):
-            try:
+        try:
+            if path in ("last", "auto"):
                 path = str(find_last_checkpoint(runs_folder(trainer_settings(parser, argv, subcommand))))
-            except ValueError:
-                if subcommand not in EVALUATE:  # resume_last_run says so, or starts a new run (auto)
-                    return None
-                raise
-        self.load_checkpoint(path)
+            self.load_checkpoint(path)
+        except ValueError:
+            # A fit reports a checkpoint it cannot resume after the parse, which first names any mistyped flag:
+            # resume_last_run (or auto's new run) and check_resumable.
+            if subcommand not in EVALUATE:
+                self.checkpoint, self.checkpoint_path = {}, None
+                return None
+            raise
         start, section = Namespace(), f"{subcommand}." if subcommand else ""
         # A class named on the command line (--data=ImageFilesDataModule) replaces the checkpoint's, whose
         # arguments jsonargparse would otherwise carry over to it (as in its issue #460).
@@ -248,7 +251,9 @@ class DropoutLabCLI(LightningCLI):
         argv = with_logger_save_dir(argv)
         evaluation = self.with_subcommands and bool(argv) and argv[0] in EVALUATE
         try:
-            start = self.start_from_checkpoint(parser, argv)
+            # A mistyped subcommand is left to the parser, which names the closest one.
+            known = not self.with_subcommands or argv[0] in ("fit", *EVALUATE)
+            start = self.start_from_checkpoint(parser, argv) if known else None
             # As LightningCLI parses a list, without its warning about args given beside sys.argv.
             self.config = parser.parse_args(argv, namespace=start)
             if evaluation:
