@@ -229,8 +229,8 @@ MUTANTS = [
     Mutant(
         "image_files_times_std",
         "data/image_files.py",
-        "/ 255 - self.mean) / self.std,)",
-        "/ 255 - self.mean) * self.std,)",
+        "- self.mean) / self.std,)",
+        "- self.mean) * self.std,)",
         "image files multiplied by std, not divided",
         IMAGE_FILES,
     ),

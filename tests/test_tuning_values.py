@@ -49,6 +49,7 @@ def test_a_trial_reports_its_best_epoch_in_the_direction_of_the_metric(tmp_path,
         "--model.hidden=[64]",
         "--model.lr=0.01",
         "--trainer.callbacks+=test_tuning_values.ForgetBeforeSecondValidation",
+        "--tune.params=[model.dropout=float:0.0:0.8]",
     ]
     tune(
         TuneCLI(
