@@ -6,7 +6,7 @@ import pytest
 import torch
 from conftest import read_events, scalars
 
-from dropout_lab.tuning import SpaceError, TuneCLI, parse_entry, tune
+from dropout_lab.tuning import SpaceError, TuneCLI, parse_entry, parse_space, tune
 
 pytestmark = pytest.mark.filterwarnings("ignore:LightningCLI's args parameter")
 
@@ -72,3 +72,14 @@ def test_a_trial_reports_its_best_epoch_in_the_direction_of_the_metric(tmp_path,
     assert trial.value == pytest.approx(best)
     assert study.direction.name == ("MAXIMIZE" if metric == "val/acc" else "MINIMIZE")
     assert study.best_value == pytest.approx(best)
+
+
+@pytest.mark.parametrize(
+    ("model", "keys"),
+    [
+        ("dropout_lab.MLPClassifier", ["model.dropout", "model.input_dropout"]),
+        ("dropout_lab.CNNClassifier", ["model.dropout", "model.conv_dropout"]),
+    ],
+)
+def test_the_default_space_is_the_models_dropout_rates_not_its_learn_dropout_switch(model, keys):
+    assert [param.key for param in parse_space(None, model)] == keys

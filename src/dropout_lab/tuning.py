@@ -21,6 +21,7 @@ What this file gives, and why each part exists:
 """
 
 import difflib
+import inspect
 import itertools
 import math
 import os
@@ -41,7 +42,7 @@ from lightning.pytorch.cli import LightningArgumentParser
 from dropout_lab import sweep_summary
 from dropout_lab.callbacks import HPARAM_METRICS, TensorBoardLayout, add_hparams_summary, hparams_table
 from dropout_lab.cli import DEFAULT_ROOT_DIR, DropoutLabCLI, run_test
-from dropout_lab.suggestions import init_parameters
+from dropout_lab.suggestions import import_class
 
 TYPES = ("float", "log", "int", "categorical")
 # Trials that count towards --tune.n_trials: running ones too, so that two workers do not both start the
@@ -188,8 +189,9 @@ class SpaceError(ValueError):
 
 
 def parse_space(entries: list[str] | None, model_class_path: str) -> list[Param]:
-    if not entries:  # the model's dropout rates
-        names = [name for name in init_parameters(model_class_path) if name.endswith("dropout")]
+    if not entries:  # the model's dropout rates: float arguments named *dropout, not the learn_dropout switch
+        parameters = inspect.signature(import_class(model_class_path)).parameters
+        names = [name for name, p in parameters.items() if name.endswith("dropout") and p.annotation is float]
         entries = [f"model.{name}=float:0.0:0.8" for name in names]
     space = [parse_entry(entry) for entry in entries]
     keys = [param.key for param in space]
