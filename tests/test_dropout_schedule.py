@@ -39,9 +39,10 @@ def test_constant_is_the_rate_throughout():
     [
         (
             {"dropout_schedule": "early"},
-            r"needs dropout_cutoff_epoch, the epoch \(an integer >= 0\) at which dropout switches off",
+            r"needs dropout_cutoff_epoch, the epoch \(an integer >= 1\) at which dropout switches off",
         ),
         ({"dropout_schedule": "late", "dropout_cutoff_epoch": -1}, r"switches on; got -1"),
+        ({"dropout_schedule": "early", "dropout_cutoff_epoch": 0}, r"switches off; got 0"),
         (
             {"dropout_schedule": "late", "dropout_cutoff_epoch": 1, "dropout_ramp": "linear"},
             r"late dropout switches on at once",
@@ -59,18 +60,18 @@ def test_bad_schedules_are_refused_in_one_line(kwargs, message):
 def test_a_cutoff_beyond_the_run_is_refused_at_setup_from_python():
     model = MLPClassifier(hidden=[8], dropout_schedule="early", dropout_cutoff_epoch=3)
     trainer = L.Trainer(max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False)
-    with pytest.raises(ValueError, match="dropout_cutoff_epoch=3 lies beyond max_epochs=2"):
+    with pytest.raises(ValueError, match="dropout_cutoff_epoch=3 is not before max_epochs=2"):
         trainer.fit(model, MNIST5kDataModule())
 
 
 @pytest.mark.slow
 def test_a_cutoff_beyond_the_run_stops_train_py_before_any_folder(tmp_path):
-    args = ["--model.dropout_schedule=late", "--model.dropout_cutoff_epoch=5", "--trainer.max_epochs=4"]
+    args = ["--model.dropout_schedule=late", "--model.dropout_cutoff_epoch=4", "--trainer.max_epochs=4"]
     result = run_train(*args, root=tmp_path, check=False)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == (
-        "error: dropout_cutoff_epoch=5 lies beyond max_epochs=4: the late schedule would never switch. "
-        "Use a cutoff from 0 to 4, or more epochs."
+        "error: dropout_cutoff_epoch=4 is not before max_epochs=4: the late schedule would never switch. "
+        "Use a cutoff from 1 to 3, or more epochs."
     )
     assert not any(tmp_path.iterdir())
 

@@ -14,7 +14,16 @@ import pytest
 from conftest import ROOT, hparams_tab_columns, read_events, run_train, scalars
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from dropout_lab.tuning import VALIDATION_METRICS, SpaceError, TuneCLI, metric_direction, parse_entry, tune, user_config
+from dropout_lab.tuning import (
+    VALIDATION_METRICS,
+    SpaceError,
+    TuneCLI,
+    holds,
+    metric_direction,
+    parse_entry,
+    tune,
+    user_config,
+)
 
 # A trial of a few batches; every trial of these tests takes seconds.
 TINY = [
@@ -335,3 +344,24 @@ def test_an_interrupted_grid_runs_only_the_point_it_has_not_finished(tmp_path):
     assert [(t.number, t.state) for t in trials] == [(0, COMPLETE), (1, FAIL), (2, COMPLETE)]
     assert trials[2].params == {"model.dropout": 0.5, "seed_everything": 0}  # the killed point, and only that
     assert [p.name for p in (tmp_path / "tune").glob("version_*")] == ["version_2"]
+
+
+def test_a_grid_with_other_values_than_its_study_stops_in_one_line_and_holds_no_point(tmp_path, capsys):
+    # Optuna refuses another value space for a parameter a study already has; each such trial used to fail
+    # without holding its point, so the same point was claimed again, forever.
+    study = optuna.create_study(study_name="tune", storage=f"sqlite:///{tmp_path / 'optuna.db'}", direction="maximize")
+    study.set_user_attr("sampler", "grid")
+    first = {"model.dropout": 0, "seed_everything": 0}
+    distributions = {
+        "model.dropout": optuna.distributions.CategoricalDistribution((0,)),
+        "seed_everything": optuna.distributions.CategoricalDistribution((0,)),
+    }
+    study.add_trial(
+        optuna.trial.create_trial(value=0.5, params=first, distributions=distributions, user_attrs={"point": first})
+    )
+    with pytest.raises(SystemExit) as stopped:
+        run_tune(*TINY, *GRID, root=tmp_path)
+    assert stopped.value.code == 2
+    assert "--tune.params differs from the study's own space" in capsys.readouterr().err
+    trials = load_study(tmp_path).trials
+    assert len(trials) == 2 and trials[1].state == FAIL and not holds(trials[1])

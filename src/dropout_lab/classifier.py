@@ -18,6 +18,7 @@ from typing import Literal
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 from torchmetrics import MeanMetric, MetricCollection
@@ -126,15 +127,15 @@ class Classifier(L.LightningModule):
             }
 
     def check_dropout_cutoff(self, max_epochs: int | None) -> None:
-        """Refuse an early or late schedule whose cutoff lies beyond the run's end: it would never switch.
+        """Refuse an early or late schedule whose cutoff is at or beyond the run's end: it would never switch.
 
         Called by the CLI before anything is written, and by ``setup`` for runs started from Python.
         """
         cutoff = self.dropout_cutoff_epoch
-        if self.dropout_schedule != "constant" and max_epochs not in (None, -1) and cutoff > max_epochs:
+        if self.dropout_schedule != "constant" and max_epochs not in (None, -1) and cutoff >= max_epochs:
             raise ValueError(
-                f"dropout_cutoff_epoch={cutoff} lies beyond max_epochs={max_epochs}: the {self.dropout_schedule} "
-                f"schedule would never switch. Use a cutoff from 0 to {max_epochs}, or more epochs."
+                f"dropout_cutoff_epoch={cutoff} is not before max_epochs={max_epochs}: the {self.dropout_schedule} "
+                f"schedule would never switch. Use a cutoff from 1 to {max_epochs - 1}, or more epochs."
             )
 
     def on_train_batch_start(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
@@ -155,6 +156,8 @@ class Classifier(L.LightningModule):
             layers[name].p = p
 
     def on_validation_epoch_end(self) -> None:
+        if self.trainer.state.fn != TrainerFn.FITTING:  # validate: no HParams session, no new rates
+            return
         # Where the rates are: learned, scheduled (the last training step's), or fixed (a flat line).
         rates = {f"dropout/p/{name}": p for name, p in dropout_rates(self.net).items()}
         learned = {f"hp/p_{name}": p for name, p in self.learned_rates().items()}  # the HParams columns
@@ -282,7 +285,11 @@ class Classifier(L.LightningModule):
         self.log_dict(metrics, on_epoch=True, add_dataloader_idx=False)
 
     def configure_optimizers(self):
-        optimizer = torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        # A learned rate is no weight: decay would pull every p_logit to 0 (p to 0.5) whatever the data says.
+        rates = [param for name, param in self.named_parameters() if name.endswith("p_logit")]
+        weights = [param for name, param in self.named_parameters() if not name.endswith("p_logit")]
+        groups = [{"params": weights}, {"params": rates, "weight_decay": 0.0}] if rates else weights
+        optimizer = torch.optim.AdamW(groups, lr=self.lr, weight_decay=self.weight_decay)
         if not self.cosine:
             return optimizer
         # The schedule is a function of the step and of this run's length, not a state: a resume with a
@@ -351,9 +358,10 @@ def check_schedule(schedule: str, cutoff: int | None, ramp: str, learn_dropout: 
         raise ValueError(
             f"dropout_schedule={schedule} sets the rates by epoch and learn_dropout=true learns them: choose one."
         )
-    if isinstance(cutoff, bool) or not isinstance(cutoff, int) or cutoff < 0:
+    # At 0 the schedule would switch before the first step: early would be no dropout, late constant dropout.
+    if isinstance(cutoff, bool) or not isinstance(cutoff, int) or cutoff < 1:
         raise ValueError(
-            f"dropout_schedule={schedule} needs dropout_cutoff_epoch, the epoch (an integer >= 0) at which dropout "
+            f"dropout_schedule={schedule} needs dropout_cutoff_epoch, the epoch (an integer >= 1) at which dropout "
             f"switches {'off' if schedule == 'early' else 'on'}; got {cutoff!r}."
         )
     if schedule == "late" and ramp == "linear":
@@ -415,7 +423,7 @@ class MLPClassifier(Classifier):
         weight_regularizer: with learn_dropout, wr in the loss's wr·Σθ²/(1−p) over the layer after each dropout.
         dropout_regularizer: with learn_dropout, dr in the loss's dr·K·(p log p + (1−p) log(1−p)); 2/N for N examples.
         dropout_schedule: constant rates; early: the rates until dropout_cutoff_epoch, then 0; late: 0, then the rates.
-        dropout_cutoff_epoch: the epoch at which an early or late schedule switches (0 to max_epochs).
+        dropout_cutoff_epoch: the epoch at which an early or late schedule switches (1 to max_epochs - 1).
         dropout_ramp: early schedule only; constant: the rates until the cutoff; linear: down to 0 at the cutoff.
     """
 
@@ -482,7 +490,7 @@ class CNNClassifier(Classifier):
         weight_regularizer: with learn_dropout, wr in the loss's wr·Σθ²/(1−p) over the layer after each dropout.
         dropout_regularizer: with learn_dropout, dr in the loss's dr·K·(p log p + (1−p) log(1−p)); 2/N for N examples.
         dropout_schedule: constant rates; early: the rates until dropout_cutoff_epoch, then 0; late: 0, then the rates.
-        dropout_cutoff_epoch: the epoch at which an early or late schedule switches (0 to max_epochs).
+        dropout_cutoff_epoch: the epoch at which an early or late schedule switches (1 to max_epochs - 1).
         dropout_ramp: early schedule only; constant: the rates until the cutoff; linear: down to 0 at the cutoff.
     """
 

@@ -252,7 +252,7 @@ class DropoutLabCLI(LightningCLI):
         evaluation = self.with_subcommands and bool(argv) and argv[0] in EVALUATE
         try:
             # A mistyped subcommand is left to the parser, which names the closest one.
-            known = not self.with_subcommands or argv[0] in ("fit", *EVALUATE)
+            known = not self.with_subcommands or (bool(argv) and argv[0] in ("fit", *EVALUATE))
             start = self.start_from_checkpoint(parser, argv) if known else None
             # As LightningCLI parses a list, without its warning about args given beside sys.argv.
             self.config = parser.parse_args(argv, namespace=start)
@@ -292,7 +292,7 @@ class DropoutLabCLI(LightningCLI):
         """
         config = self.run_config
         trainer = config.trainer
-        checkpoint = Path(config.ckpt_path)
+        checkpoint = Path(config.ckpt_path).resolve()  # model.ckpt in the working folder: its parent is '.'
         run_dir = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
         number = 0
         while (run_dir / f"{self.subcommand}_{number}").exists():

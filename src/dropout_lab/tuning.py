@@ -467,7 +467,16 @@ def objective(
         trial.set_user_attr("skipped", "every grid point is held by another trial")
         raise GridTaken(trial.user_attrs["skipped"])
     base["trainer"]["logger"]["init_args"]["version"] = trial.number
-    flags = [f"--{param.key}={flag_value(param.suggest(trial))}" for param in space]
+    try:
+        flags = [f"--{param.key}={flag_value(param.suggest(trial))}" for param in space]
+    except ValueError as error:  # Optuna refuses other choices for a parameter the study already has
+        trial.set_user_attr(
+            "fail_reason",
+            f"--tune.params differs from the study's own space ({error}): give it "
+            "another --tune.study_name, or the study's own --tune.params",
+        )
+        trial.set_user_attr("stop_search", True)
+        raise
     print(f"\nTrial {trial.number}: {' '.join(flags)}")
     try:
         with warnings.catch_warnings():  # that tune.py's own command line is not this run's: it is parsed already
@@ -555,7 +564,7 @@ def count(study: optuna.Study) -> int:
 
 
 def count_points(study: optuna.Study, points: list[dict]) -> int:
-    """The grid's points that a trial holds (a study may hold others: a grid is allowed to change)."""
+    """The grid's points that a trial holds."""
     held = [trial.user_attrs.get("point") for trial in study.get_trials(deepcopy=False) if holds(trial)]
     return sum(point in held for point in points)
 
@@ -563,7 +572,8 @@ def count_points(study: optuna.Study, points: list[dict]) -> int:
 def holds(trial: optuna.trial.FrozenTrial) -> bool:
     """Whether the trial counts: finished, running, or failed in training (see COUNTED)."""
     failed = trial.state == optuna.trial.TrialState.FAIL and "fail_reason" in trial.user_attrs
-    return trial.state in COUNTED or failed
+    # A trial that stopped the search (a metric not logged, a changed space) ran no training: it holds nothing.
+    return trial.state in COUNTED or (failed and not trial.user_attrs.get("stop_search"))
 
 
 def fail_dead_trials(study: optuna.Study) -> None:
