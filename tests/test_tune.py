@@ -14,6 +14,7 @@ import pytest
 from conftest import ROOT, hparams_tab_columns, read_events, run_train, scalars
 from tensorboard.plugins.hparams import plugin_data_pb2
 
+from dropout_lab import tuning
 from dropout_lab.tuning import VALIDATION_METRICS, SpaceError, TuneCLI, metric_direction, parse_entry, tune, user_config
 
 # A trial of a few batches; every trial of these tests takes seconds.
@@ -146,6 +147,12 @@ def test_a_metric_of_the_other_direction_does_not_join_an_existing_study(tmp_pat
 def test_the_direction_follows_the_metric_unless_given(metric, direction, expected):
     model = "my_module.MyClassifier" if metric == "my/f1" else "dropout_lab.MLPClassifier"
     assert metric_direction(metric, direction, model) == expected
+
+
+def test_every_loss_and_gap_is_minimized_and_every_other_accuracy_maximized():
+    for metric, direction in VALIDATION_METRICS.items():
+        smaller_is_better = "loss" in metric or "gap" in metric
+        assert direction == ("minimize" if smaller_is_better else "maximize"), metric
 
 
 def test_an_explicit_direction_joins_a_study_of_that_direction(tmp_path, capsys):
@@ -335,3 +342,17 @@ def test_an_interrupted_grid_runs_only_the_point_it_has_not_finished(tmp_path):
     assert [(t.number, t.state) for t in trials] == [(0, COMPLETE), (1, FAIL), (2, COMPLETE)]
     assert trials[2].params == {"model.dropout": 0.5, "seed_everything": 0}  # the killed point, and only that
     assert [p.name for p in (tmp_path / "tune").glob("version_*")] == ["version_2"]
+
+
+def test_a_grid_opens_its_study_without_a_pruner_even_when_one_is_asked_for(tmp_path, monkeypatch, capsys):
+    asked = {}
+
+    def stop_before_the_study(url, name, direction, pruner, sampler):
+        asked.update(pruner=pruner, sampler=sampler)
+        raise SpaceError("stopped before the study opens")
+
+    monkeypatch.setattr(tuning, "open_study", stop_before_the_study)
+    with pytest.raises(SystemExit):
+        run_tune(*GRID, "--tune.pruner=median", root=tmp_path)
+    assert asked == {"pruner": "none", "sampler": "grid"}  # a pruned seed would leave its point's mean short
+    assert "--tune.pruner=median is left out" in capsys.readouterr().out
