@@ -2,6 +2,7 @@
 
     python scripts/mutants.py --list                    # the mutants, and whether each still applies
     python scripts/mutants.py                           # every mutant against its tests
+    python scripts/mutants.py --group new               # only the second group (issues 18-20's code)
     python scripts/mutants.py ece_10_bins nll_no_clamp  # only these
     python scripts/mutants.py --coverage .coverage      # also every test whose coverage touches the change
     python scripts/mutants.py --tests tests/test_x.py   # only these tests (does a new test kill its mutant?)
@@ -253,6 +254,181 @@ MUTANTS = [
 ]
 
 
+# Issue 22, second part: 20 changes to the new code of issues 18, 19 and 20 (python scripts/mutants.py --group new).
+CONCRETE = ["tests/test_concrete_dropout.py"]  # its two slow tests train under DDP and read the logged rates
+SCHEDULE = ["tests/test_dropout_schedule.py"]  # its slow tests train with a schedule and resume
+SUMMARY = [
+    "tests/test_sweep_summary.py",
+    "tests/test_tune.py::test_two_workers_run_every_grid_point_and_seed_exactly_once_then_summarize",
+]
+EVALUATE = ["tests/test_mc_dropout.py", "tests/test_subcommands.py"]
+
+NEW_CODE_MUTANTS = [
+    Mutant(
+        "concrete_no_rescale",
+        "dropout.py",
+        "return x * ((1 - z) / (1 - p)).to(x.dtype)",
+        "return x * (1 - z).to(x.dtype)",
+        "concrete dropout without the 1/(1-p) scale",
+        CONCRETE,
+    ),
+    Mutant(
+        "concrete_keep_logit",
+        "dropout.py",
+        "(torch.log(p + EPS) - torch.log(1 - p + EPS) + torch.log(u + EPS)",
+        "(torch.log(1 - p + EPS) - torch.log(p + EPS) + torch.log(u + EPS)",
+        "the relaxed mask drops with probability 1-p (the keep logit)",
+        CONCRETE,
+    ),
+    Mutant(
+        "concrete_times_temperature",
+        "dropout.py",
+        "torch.log(1 - u + EPS)) / temperature",
+        "torch.log(1 - u + EPS)) * temperature",
+        "the mask's logit multiplied by the temperature, not divided",
+        CONCRETE,
+    ),
+    Mutant(
+        "concrete_eps_large",
+        "dropout.py",
+        "EPS = 1e-7",
+        "EPS = 1e-2",
+        "the eps inside the mask's logs 1e-2",
+        CONCRETE,
+    ),
+    Mutant(
+        "regularizer_without_k",
+        "dropout.py",
+        "dropout_regularizer * self.num_features * negative_entropy",
+        "dropout_regularizer * negative_entropy",
+        "the regularizer's entropy term not weighted by K",
+        CONCRETE,
+    ),
+    Mutant(
+        "late_switches_after_cutoff",
+        "classifier.py",
+        "return p if epoch >= cutoff else 0.0",
+        "return p if epoch > cutoff else 0.0",
+        "late dropout switches on after the cutoff epoch's first step",
+        SCHEDULE,
+    ),
+    Mutant(
+        "early_ramp_off_by_one",
+        "classifier.py",
+        "return p * (1 - epoch / cutoff) if",
+        "return p * (1 - epoch / (cutoff + 1)) if",
+        "early linear ramp aims at cutoff + 1",
+        SCHEDULE,
+    ),
+    Mutant(
+        "logged_p_is_keep",
+        "classifier.py",
+        "return {name: layer.p.item() if isinstance(layer, ConcreteDropout) else layer.p for",
+        "return {name: 1 - layer.p.item() if isinstance(layer, ConcreteDropout) else layer.p for",
+        "dropout/p and hp/p_ of a learned layer log the keep probability",
+        CONCRETE,
+    ),
+    Mutant(
+        "train_end_keeps_schedule",
+        "classifier.py",
+        "            layers[name].p = p\n",
+        "            pass\n",
+        "on_train_end leaves the last scheduled rates for test and predict",
+        SCHEDULE,
+    ),
+    Mutant(
+        "concrete_pairs_every_next",
+        "nets.py",
+        "            pairs.append((*waiting, module))\n            waiting = None\n",
+        "            pairs.append((*waiting, module))\n",
+        "a concrete layer is paired with every Linear/Conv2d after it",
+        CONCRETE,
+    ),
+    Mutant(
+        "summary_population_std",
+        "sweep_summary.py",
+        "statistics.stdev(values) if len(values) > 1",
+        "statistics.pstdev(values) if len(values) > 1",
+        "the summary's std over seeds with ddof=0",
+        SUMMARY,
+    ),
+    Mutant(
+        "summary_median",
+        "sweep_summary.py",
+        "statistics.fmean(values) if values else math.nan",
+        "statistics.median(values) if values else math.nan",
+        "the summary's mean is the median over seeds",
+        SUMMARY,
+    ),
+    Mutant(
+        "error_bars_are_std",
+        "sweep_summary.py",
+        "return 0.0 if math.isnan(std) else std / math.sqrt(n)",
+        "return 0.0 if math.isnan(std) else std",
+        "the figure's error bars are one std, not one standard error",
+        SUMMARY,
+    ),
+    Mutant(
+        "gap_loss_maximized",
+        "tuning.py",
+        '"gap/loss": "minimize",',
+        '"gap/loss": "maximize",',
+        "--tune.metric=gap/loss maximized",
+        TUNE,
+    ),
+    Mutant(
+        "grid_keeps_median_pruner",
+        "tuning.py",
+        'pruner = "none" if grid else options.pruner or "median"',
+        'pruner = options.pruner or "median"',
+        "a grid's trials can be pruned",
+        TUNE,
+    ),
+    Mutant(
+        "report_step_is_epoch",
+        "tuning.py",
+        "self.trial.report(value, step=self.validations)",
+        "self.trial.report(value, step=trainer.current_epoch)",
+        "a trial reports by epoch, not by validation",
+        TUNE,
+    ),
+    Mutant(
+        "rng_restored_in_evaluations",
+        "checkpointing.py",
+        "        if not self.fitting:\n            return\n",
+        "",
+        "validate/test/predict restore the checkpoint's random state",
+        EVALUATE,
+    ),
+    Mutant(
+        "image_16_bit_by_255",
+        "data/image_files.py",
+        "image = image.float() / torch.iinfo(image.dtype).max",
+        "image = image.float() / 255",
+        "every image file divided by 255, 16-bit ones too",
+        IMAGE_FILES,
+    ),
+    Mutant(
+        "evaluations_numbered_from_1",
+        "cli.py",
+        "        number = 0\n        while (run_dir",
+        "        number = 1\n        while (run_dir",
+        "the first evaluation of a run is test_1",
+        EVALUATE,
+    ),
+    Mutant(
+        "prediction_path_by_batch",
+        "prediction.py",
+        '"path": [str(files[i]) for i in batch_indices] if files else None,',
+        '"path": [str(files[i]) for i in range(len(batch_indices))] if files else None,',
+        "predictions.csv's path column by the position in the batch, not the image's index",
+        IMAGE_FILES,
+    ),
+]
+
+GROUPS = {"first": MUTANTS, "new": NEW_CODE_MUTANTS, "all": MUTANTS + NEW_CODE_MUTANTS}
+
+
 def mutated_lines(mutant: Mutant, text: str) -> set[int]:
     """The lines of the function holding the change (all its lines: coverage may record any line of a
     multi-line statement); empty for a change outside any function."""
@@ -343,13 +519,20 @@ def main() -> None:
     )
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per mutant")
     parser.add_argument("--list", action="store_true", help="list the mutants and check that each applies")
+    parser.add_argument(
+        "--group",
+        choices=GROUPS,
+        default="all",
+        help="first: the first audit's survivors; new: the changes to issues 18-20's code; all: both",
+    )
     args = parser.parse_args()
     # Ctrl-C raises KeyboardInterrupt; make a kill (SIGTERM) unwind too, so the file is restored.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    unknown = set(args.names) - {m.name for m in MUTANTS}
+    group = GROUPS[args.group]
+    unknown = set(args.names) - {m.name for m in group}
     if unknown:
-        parser.error(f"unknown mutants: {', '.join(sorted(unknown))}")
-    chosen = [m for m in MUTANTS if not args.names or m.name in args.names]
+        parser.error(f"unknown mutants in --group={args.group}: {', '.join(sorted(unknown))}")
+    chosen = [m for m in group if not args.names or m.name in args.names]
     if args.list:
         for m in chosen:
             found = (ROOT / SRC / m.file).read_text().count(m.old)

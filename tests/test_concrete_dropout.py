@@ -39,6 +39,16 @@ def test_the_mask_is_nearly_binary_and_drops_a_fraction_p():
     assert (kept < 0.5).float().mean().item() == pytest.approx(0.3, abs=0.01)  # P(z > 1/2) = p exactly
 
 
+def test_the_relaxed_mask_is_the_papers_formula_at_the_same_noise():
+    # z = sigmoid((log p − log(1−p) + log u − log(1−u)) / t): the eps inside the logs must not move it.
+    torch.manual_seed(0)
+    out = ConcreteDropout(1000, 0.3, temperature=0.1)(torch.ones(1, 1000))
+    torch.manual_seed(0)
+    u, p = torch.rand(1, 1000), torch.tensor(0.3)
+    z = torch.sigmoid((p.log() - (1 - p).log() + u.log() - (1 - u).log()) / 0.1)
+    assert torch.allclose(out, (1 - z) / (1 - p), atol=1e-5)
+
+
 def test_2d_version_drops_whole_channels():
     torch.manual_seed(0)
     out = ConcreteDropout2d(16, 0.5)(torch.ones(4, 16, 5, 5))

@@ -254,3 +254,26 @@ def test_evaluations_go_into_the_checkpoints_run_numbered_without_the_dirpath_wa
     table = [line for line in out.splitlines() if "/" in line and "DataLoader" not in line]
     assert sum("gap/loss" in line for line in table) == 2  # once per validate (a line of its own), not per loader
     assert not any("hp/" in line for line in table)
+
+
+class ParseAndPlace(DropoutLabCLI):
+    """Parse, choose the evaluation's folder, then stop before anything is built or written."""
+
+    def before_instantiate_classes(self) -> None:
+        super().before_instantiate_classes()
+        raise Parsed(self.run_config)
+
+
+def test_evaluations_are_numbered_from_0_after_those_already_in_the_run(tmp_path):
+    checkpoint = write_checkpoint(tmp_path / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt")
+    run_dir = checkpoint.parent.parent
+
+    def folder(subcommand: str) -> Path:
+        with pytest.raises(Parsed) as parsed:
+            ParseAndPlace([subcommand, f"--ckpt_path={checkpoint}"], run=True)
+        return Path(parsed.value.args[0].trainer.default_root_dir)
+
+    assert folder("test") == run_dir / "test_0"
+    (run_dir / "test_0").mkdir()
+    assert folder("test") == run_dir / "test_1"
+    assert folder("validate") == run_dir / "validate_0"

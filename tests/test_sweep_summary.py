@@ -5,6 +5,7 @@ against a computation by hand.
 """
 
 import csv
+import math
 import random
 import statistics
 from pathlib import Path
@@ -99,3 +100,17 @@ def test_the_figure_has_one_line_per_other_grid_value_and_a_point_per_swept_valu
     png = write_figure(figure, tmp_path, step=len(rows))
     assert png == tmp_path / "summary.png" and png.stat().st_size > 10_000
     assert read_events(Path(tmp_path / "summary")).Tags()["images"] == ["summary"]
+
+
+def test_the_error_bars_are_one_standard_error_over_the_seeds():
+    study, values = made_up_grid()
+    keys, rows = summary_rows(finished_grid_trials(study))
+
+    figure = summary_figure(keys, rows, "study 'tune'")
+
+    for axes, metric in zip(figure.axes, ("gap/loss", "test/acc"), strict=True):
+        line = next(c for c in axes.containers if isinstance(c, ErrorbarContainer))  # model.lr=0.01, three seeds
+        (bars,) = line.lines[2]
+        half_lengths = [abs(top[1] - bottom[1]) / 2 for bottom, top in bars.get_segments()]
+        seeds = [values[(dropout, 0.01)][metric] for dropout in sorted(DROPOUTS)]
+        assert half_lengths == pytest.approx([statistics.stdev(v) / math.sqrt(len(v)) for v in seeds])

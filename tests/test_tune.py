@@ -14,6 +14,7 @@ import pytest
 from conftest import ROOT, hparams_tab_columns, read_events, run_train, scalars
 from tensorboard.plugins.hparams import plugin_data_pb2
 
+from dropout_lab import tuning
 from dropout_lab.tuning import (
     VALIDATION_METRICS,
     SpaceError,
@@ -155,6 +156,12 @@ def test_a_metric_of_the_other_direction_does_not_join_an_existing_study(tmp_pat
 def test_the_direction_follows_the_metric_unless_given(metric, direction, expected):
     model = "my_module.MyClassifier" if metric == "my/f1" else "dropout_lab.MLPClassifier"
     assert metric_direction(metric, direction, model) == expected
+
+
+def test_every_loss_and_gap_is_minimized_and_every_other_accuracy_maximized():
+    for metric, direction in VALIDATION_METRICS.items():
+        smaller_is_better = "loss" in metric or "gap" in metric
+        assert direction == ("minimize" if smaller_is_better else "maximize"), metric
 
 
 def test_an_explicit_direction_joins_a_study_of_that_direction(tmp_path, capsys):
@@ -365,3 +372,17 @@ def test_a_grid_with_other_values_than_its_study_stops_in_one_line_and_holds_no_
     assert "--tune.params differs from the study's own space" in capsys.readouterr().err
     trials = load_study(tmp_path).trials
     assert len(trials) == 2 and trials[1].state == FAIL and not holds(trials[1])
+
+
+def test_a_grid_opens_its_study_without_a_pruner_even_when_one_is_asked_for(tmp_path, monkeypatch, capsys):
+    asked = {}
+
+    def stop_before_the_study(url, name, direction, pruner, sampler):
+        asked.update(pruner=pruner, sampler=sampler)
+        raise SpaceError("stopped before the study opens")
+
+    monkeypatch.setattr(tuning, "open_study", stop_before_the_study)
+    with pytest.raises(SystemExit):
+        run_tune(*GRID, "--tune.pruner=median", root=tmp_path)
+    assert asked == {"pruner": "none", "sampler": "grid"}  # a pruned seed would leave its point's mean short
+    assert "--tune.pruner=median is left out" in capsys.readouterr().out
