@@ -10,6 +10,8 @@ on the 2-core CPU machine, shared with other jobs; its runs are about four times
 - tensorboard_hparams.png   TensorBoard's HParams tab, the same way
 - gap_vs_epoch.png          gap/loss and val/acc against the epoch, one line per dropout rate (matplotlib)
 - reliability.png           the reliability diagram train.py's test drew into the p = 0.5 run (deterministic and MC)
+- sweep_mlp.png, sweep_cnn.png  with --sweeps DIR: the summary figures of the grid studies mlp and cnn under DIR
+                            (docs/sweeps.md's commands), drawn again from their optuna.db by tune.py
 
 Needs this project's environment (matplotlib, tensorboard, pillow come with it) and Chromium
 (Debian/Ubuntu: apt-get install chromium; or --chromium PATH). It installs nothing.
@@ -63,6 +65,7 @@ def main() -> None:
     parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "images", help="where the runs are, or go")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "img", help="where the images go")
     parser.add_argument("--chromium", default=None, help="the Chromium (or Chrome) executable")
+    parser.add_argument("--sweeps", type=Path, default=None, help="the root of docs/sweeps.md's grid studies")
     args = parser.parse_args()
     found = (shutil.which(name) for name in ("chromium", "chromium-browser", "google-chrome"))
     chromium = args.chromium or next(filter(None, found), None)
@@ -93,8 +96,20 @@ def main() -> None:
         # Smoothing off (a setting TensorBoard reads from the address): 15 points a run, drawn as logged.
         screenshot(chromium, f"{url}/#custom_scalars&_smoothingWeight=0", (1500, 450), args.out / "tensorboard_gap.png")
         screenshot(chromium, f"{url}/#hparams", (2100, 330), args.out / "tensorboard_hparams.png")
+    if args.sweeps is not None:
+        for study in ("mlp", "cnn"):
+            draw_sweep(args.sweeps, study, args.out / f"sweep_{study}.png")
     for path in sorted(args.out.glob("*.png")):
         print(f"{path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}: {path.stat().st_size // 1024} KB")
+
+
+def draw_sweep(root: Path, study: str, path: Path) -> None:
+    """tune.py's summary.png of one grid study, drawn again from its storage, copied to ``path``."""
+    cmd = [sys.executable, "tune.py", f"--trainer.default_root_dir={root}", f"--tune.study_name={study}"]
+    result = subprocess.run([*cmd, "--tune.summary_only=true"], cwd=ROOT, capture_output=True, text=True)
+    if result.returncode != 0:
+        sys.exit(f"{' '.join(cmd)} --tune.summary_only=true failed:\n{result.stderr[-2000:]}")
+    shutil.copyfile(root / study / "summary.png", path)
 
 
 def read_runs(logs: Path) -> dict[float, EventAccumulator]:
