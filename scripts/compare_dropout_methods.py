@@ -1,14 +1,15 @@
 """Fixed, learned (Concrete) and scheduled (early, late) dropout side by side, over seeds: one Markdown table.
 
-python scripts/compare_dropout_methods.py runs/methods_mlp                                   # the MLP
-python scripts/compare_dropout_methods.py runs/methods_cnn --model=CNNClassifier --trainer.max_epochs=5
+python scripts/compare_dropout_methods.py runs/methods_mlp --cutoff 5                       # the MLP, 15 epochs
+python scripts/compare_dropout_methods.py runs/methods_cnn --cutoff 2 --model=CNNClassifier --trainer.max_epochs=5
 python scripts/compare_dropout_methods.py runs/methods_mlp --table-only                      # read, don't train
 
 Every run is an ordinary ``python train.py`` run (with ``--model.mc_samples=30``, so its test also scores
-MC dropout), written to ``ROOT/<method>_s<seed>/``; runs already there are read, not trained again, so an
-interrupted comparison continues. Flags after ROOT go to every run. The table gives the mean and the
-standard deviation over seeds of each run's final values (the ``hp/`` summaries TensorBoard's HParams tab
-shows) and the wall time from the run's first to its last TensorBoard event.
+MC dropout), written to ``ROOT/<method>_s<seed>/``; finished runs already there are read, not trained again,
+so an interrupted comparison continues (a run stopped midway is named, to be deleted). Flags after ROOT go
+to every run. The table gives the mean and the standard deviation over seeds of each run's final values
+(the ``hp/`` summaries TensorBoard's HParams tab shows) and the wall time from the run's first to its last
+TensorBoard event. ``--cutoff`` is the early and late schedules' epoch: it must fall inside the run.
 """
 
 import argparse
@@ -44,9 +45,16 @@ def train(run_root: Path, flags: list[str]) -> None:
     subprocess.run(command, check=True, cwd=ROOT)
 
 
+def finished(run_root: Path) -> bool:
+    """Whether ``run_root`` holds a run that was trained and tested."""
+    return run_root.exists() and "hp/test_acc" in final_values(run_root)
+
+
 def final_values(run_root: Path) -> dict[str, float]:
     """The last value of every scalar of the one training run under ``run_root``, plus its wall time."""
     folders = sorted({path.parent for path in run_root.glob("lightning_logs/version_*/events.out.tfevents.*")})
+    if not folders:
+        return {}
     events = EventAccumulator(str(folders[0]), size_guidance={"scalars": 0})
     events.Reload()
     values = {tag: events.Scalars(tag)[-1].value for tag in events.Tags()["scalars"]}
@@ -66,7 +74,7 @@ def cell(values: list[float]) -> str:
 def table(root: Path, seeds: list[int]) -> None:
     rows = {}
     for method in METHODS:
-        runs = [final_values(root / f"{method}_s{seed}") for seed in seeds if (root / f"{method}_s{seed}").exists()]
+        runs = [final_values(root / f"{method}_s{seed}") for seed in seeds if finished(root / f"{method}_s{seed}")]
         if runs:
             rows[method] = runs
     rates = sorted({tag for runs in rows.values() for run in runs for tag in run if tag.startswith("dropout/p/")})
@@ -91,8 +99,10 @@ def main() -> None:
         for seed in args.seeds:
             for method in args.methods:
                 run_root = args.root / f"{method}_s{seed}"
-                if run_root.exists():
+                if finished(run_root):
                     continue
+                if run_root.exists():  # a run stopped midway: the table would read its last epoch as final
+                    sys.exit(f"{run_root} holds an unfinished run (no test/acc): delete it to run it again.")
                 method_flags = [flag.format(cutoff=args.cutoff) for flag in METHODS[method]]
                 train(run_root, [*flags, *method_flags, f"--seed_everything={seed}", "--model.mc_samples=30"])
     table(args.root, args.seeds)
