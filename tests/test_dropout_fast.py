@@ -165,7 +165,20 @@ def test_import_needs_neither_triton_nor_cuda():
 @pytest.mark.skipif(INTERPRETED, reason="this is the child process")
 def test_kernel_tests_pass_under_the_triton_interpreter():
     env = {**os.environ, "TRITON_INTERPRET": "1", "CUDA_VISIBLE_DEVICES": ""}
-    cmd = [sys.executable, "-m", "pytest", __file__, "-q", "-rs", "-p", "no:cacheprovider", "-n", "0", "-k", "fast_path"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        __file__,
+        "-q",
+        "-rs",
+        "-p",
+        "no:cacheprovider",
+        "-n",
+        "0",
+        "-k",
+        "fast_path",
+    ]
     result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-3000:]
     assert " skipped" not in result.stdout, result.stdout[-3000:]  # every kernel test ran

@@ -386,3 +386,13 @@ def test_a_grid_opens_its_study_without_a_pruner_even_when_one_is_asked_for(tmp_
         run_tune(*GRID, "--tune.pruner=median", root=tmp_path)
     assert asked == {"pruner": "none", "sampler": "grid"}  # a pruned seed would leave its point's mean short
     assert "--tune.pruner=median is left out" in capsys.readouterr().out
+
+
+def test_a_setting_the_model_refuses_stops_before_the_storage_opens_not_in_every_trial(tmp_path, capsys):
+    # Parsing accepts it; building the model and trainer does not (the cutoff must fall inside the run).
+    args = ["--model.dropout_schedule=early", "--model.dropout_cutoff_epoch=5", "--tune.n_trials=2", *TINY]
+    with pytest.raises(SystemExit) as stopped:
+        run_tune(*args, root=tmp_path)
+    assert stopped.value.code == 2
+    assert "error: dropout_cutoff_epoch=5 is not before max_epochs=1" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())  # no optuna.db, no run folder

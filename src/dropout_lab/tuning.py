@@ -272,6 +272,19 @@ def check_keys(cli: TuneCLI, base: str, space: list[Param]) -> None:
             cli.parser.parse_args(["--config", base, f"--{param.key}={flag_value(value)}"])
 
 
+def check_a_trial_builds(base: dict, space: list[Param]) -> None:
+    """Build the classes of one trial (every parameter at its first corner), as train.py would, and train nothing.
+
+    A refusal that parsing cannot see, raised when the model or trainer is built (a dropout_cutoff_epoch beyond
+    max_epochs, a schedule with learn_dropout, ...), stops here with train.py's one line, before the storage is
+    opened: not in every trial, each of which would count as failed towards --tune.n_trials.
+    """
+    flags = [f"--{param.key}={flag_value(param.corners()[0])}" for param in space]
+    with warnings.catch_warnings():  # that tune.py's own command line is not this run's: it is parsed already
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+        DropoutLabCLI(["--config", yaml.safe_dump(base), *flags])
+
+
 def flag_value(value: object) -> str:
     return (
         value
@@ -620,6 +633,7 @@ def tune(cli: TuneCLI) -> None:
         if grid:
             space = grid_space(space, options.repeats)
         check_keys(cli, yaml.safe_dump(user), space)
+        check_a_trial_builds(trial_config(user, root, options.study_name), space)
         direction = metric_direction(options.metric, options.direction, user["model"]["class_path"])
         maximize = direction == "maximize"
         if grid and options.pruner == "median":
