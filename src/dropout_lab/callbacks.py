@@ -115,12 +115,16 @@ class TensorBoardLayout(L.Callback):
             return
         # Lightning's own hyperparameter logging is off (save_hyperparameters(logger=False)) so that
         # the summary is written once, here, with the metrics the HParams dashboard should compare.
-        # Learned dropout rates (learn_dropout) are compared across runs too: hp/p_<layer>, logged by the model.
-        learned = [f"hp/p_{name}" for name in getattr(pl_module, "learned_rates", dict)()]
-        metrics = [*HPARAM_METRICS, *learned]
+        metrics = hparam_metrics(pl_module)
         # The placeholders make the hp/ metrics exist from the start; their last value is the real one.
         logger.log_metrics({tag: math.nan for tag in metrics})
         add_hparams_summary(logger.experiment, hparams_table(pl_module, trainer.datamodule), metrics)
+
+
+def hparam_metrics(model: L.LightningModule) -> list[str]:
+    """The hp/ tags the HParams tab compares for this model: HPARAM_METRICS, and hp/p_<layer> of learned rates."""
+    # learned_rates is the Classifier's: a model of your own without it has no learned rates.
+    return [*HPARAM_METRICS, *(f"hp/p_{name}" for name in getattr(model, "learned_rates", dict)())]
 
 
 def add_hparams_summary(writer: SummaryWriter, params: dict, metrics: Sequence[str] = HPARAM_METRICS) -> None:

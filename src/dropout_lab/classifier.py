@@ -166,8 +166,8 @@ class Classifier(L.LightningModule):
 
     def learned_rates(self) -> dict[str, float]:
         """The drop probability of each ConcreteDropout layer by its name in ``net``; empty without learn_dropout."""
-        learned = {name for name, layer in dropout_layers(self.net).items() if isinstance(layer, ConcreteDropout)}
-        return {name: p for name, p in dropout_rates(self.net).items() if name in learned}
+        layers = dropout_layers(self.net).items()
+        return {name: layer.p.item() for name, layer in layers if isinstance(layer, ConcreteDropout)}
 
     def concrete_regularizer(self) -> Tensor:
         """The sum of every ConcreteDropout layer's regularizer, on the layer that takes its output."""

@@ -40,7 +40,7 @@ from jsonargparse.typing import PositiveInt
 from lightning.pytorch.cli import LightningArgumentParser
 
 from dropout_lab import sweep_summary
-from dropout_lab.callbacks import HPARAM_METRICS, TensorBoardLayout, add_hparams_summary, hparams_table
+from dropout_lab.callbacks import TensorBoardLayout, add_hparams_summary, hparam_metrics, hparams_table
 from dropout_lab.cli import DEFAULT_ROOT_DIR, DropoutLabCLI, run_test
 from dropout_lab.suggestions import import_class
 
@@ -314,10 +314,15 @@ def metric_direction(metric: str, direction: str | None, model_class_path: str) 
     return direction or known or ("maximize" if metric.endswith("acc") else "minimize")
 
 
+def sqlite_file(url: str) -> Path | None:
+    """The file of a ``sqlite:///`` storage URL; None for any other database."""
+    return Path(url.removeprefix("sqlite:///")) if url.startswith("sqlite:///") else None
+
+
 def open_study(url: str, name: str, direction: str, pruner: str, sampler: str) -> optuna.Study:
     try:
-        if url.startswith("sqlite:///"):
-            Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+        if sqlite_file(url):
+            sqlite_file(url).parent.mkdir(parents=True, exist_ok=True)
         study = create_or_join(url, name, direction, pruner, ClaimedPoint() if sampler == "grid" else None)
     except (OSError, sqlalchemy.exc.SQLAlchemyError) as error:
         raise SpaceError(
@@ -343,10 +348,8 @@ def open_study(url: str, name: str, direction: str, pruner: str, sampler: str) -
 
 def open_existing_study(url: str, name: str) -> optuna.Study:
     """The study, refused in one line if there is none (--tune.summary_only creates nothing)."""
-    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///") :]).is_file():
-        raise SpaceError(
-            f"no study storage at {url[len('sqlite:///') :]}: run the sweep first, or give --tune.storage."
-        )
+    if sqlite_file(url) and not sqlite_file(url).is_file():
+        raise SpaceError(f"no study storage at {sqlite_file(url)}: run the sweep first, or give --tune.storage.")
     try:
         return optuna.load_study(study_name=name, storage=url)
     except KeyError:
@@ -535,9 +538,8 @@ def write_hparams(trainer: L.Trainer, model: L.LightningModule, tune_params: dic
     TensorBoard keeps the first summary of a run, so this is the only one; the metrics' values are
     the hp/* scalars the run already logged.
     """
-    learned = [f"hp/p_{name}" for name in getattr(model, "learned_rates", dict)()]  # with --model.learn_dropout
     params = hparams_table(model, trainer.datamodule) | tune_params
-    add_hparams_summary(trainer.logger.experiment, params, [*HPARAM_METRICS, *learned])
+    add_hparams_summary(trainer.logger.experiment, params, hparam_metrics(model))
 
 
 def optimize(study: optuna.Study, run_trial, n_trials: int, timeout: float | None, counted=None) -> None:
@@ -757,7 +759,7 @@ def summarize(cli: TuneCLI, study: optuna.Study, user: dict, root: Path, metric:
         f"# Reproduce it: python train.py --config {path}   (its run goes to {folder / 'best'}/version_N)\n"
     )
     folder.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(f".{time.time_ns()}.tmp")
+    partial = sweep_summary.partial_path(path)
     partial.write_text(header + cli.parser.dump(config, skip_none=False))
     partial.replace(path)  # atomic: two workers may write it at once
     print(f"\nBest: trial {best.number}, {metric}={best.value:.4f}, {' '.join(flags)}")
