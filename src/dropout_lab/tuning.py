@@ -279,10 +279,14 @@ def check_a_trial_builds(base: dict, space: list[Param]) -> None:
     max_epochs, a schedule with learn_dropout, ...), stops here with train.py's one line, before the storage is
     opened: not in every trial, each of which would count as failed towards --tune.n_trials.
     """
-    flags = [f"--{param.key}={flag_value(param.corners()[0])}" for param in space]
+    trial_cli(base, [f"--{param.key}={flag_value(param.corners()[0])}" for param in space])
+
+
+def trial_cli(base: dict, flags: list[str]) -> DropoutLabCLI:
+    """A trial's train.py command line, built: the base config with the trial's flags."""
     with warnings.catch_warnings():  # that tune.py's own command line is not this run's: it is parsed already
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
-        DropoutLabCLI(["--config", yaml.safe_dump(base), *flags])
+        return DropoutLabCLI(["--config", yaml.safe_dump(base), *flags])
 
 
 def flag_value(value: object) -> str:
@@ -495,9 +499,7 @@ def objective(
         raise
     print(f"\nTrial {trial.number}: {' '.join(flags)}")
     try:
-        with warnings.catch_warnings():  # that tune.py's own command line is not this run's: it is parsed already
-            warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
-            cli = DropoutLabCLI(["--config", yaml.safe_dump(base), *flags])
+        cli = trial_cli(base, flags)
     except SystemExit as refused:  # an error in a class's __init__ for this combination of values
         trial.set_user_attr("fail_reason", f"train.py refused these values (its message is above, exit {refused.code})")
         raise RuntimeError(trial.user_attrs["fail_reason"]) from None
