@@ -25,7 +25,7 @@ from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
 from dropout_lab.checkpointing import seed_dropout_stream
-from dropout_lab.dropout import ConcreteDropout, CustomDropout
+from dropout_lab.dropout import ConcreteDropout, CustomDropout, regularizer_weights
 from dropout_lab.nets import CNN, MLP, concrete_dropout_and_next_layer
 from dropout_lab.uncertainty import calibration_metrics, entropy, mutual_information, update_calibration
 
@@ -43,11 +43,11 @@ def stage_metrics(num_classes: int, prefix: str) -> MetricCollection:
 
 Schedule = Literal["constant", "early", "late"]
 Ramp = Literal["constant", "linear"]
-# The regularizer's weights for learn_dropout (docs/learned_dropout.md): dr is the paper's 2/N for the 4,500
-# embedded training digits (other data: 2/N); wr is the reference code's. The reference's dr = 1e-5 was, on
-# these digits, as if there were no regularizer: every rate drifted down, and the gap was larger.
-WEIGHT_REGULARIZER = 1e-6
-DROPOUT_REGULARIZER = 4.4e-4
+# The learned rates' own AdamW learning rate. Adam moves a parameter by about its learning rate per step
+# whatever the gradient, so at the weights' 1e-3 a rate's logit moves at most about 0.5 in the default run's
+# 945 steps, and rates started at 0.1 and 0.7 stay near their starts; at DROPOUT_LR they meet
+# (docs/learned_dropout.md, measured).
+DROPOUT_LR = 0.03
 
 
 class Classifier(L.LightningModule):
@@ -63,8 +63,9 @@ class Classifier(L.LightningModule):
         cosine: anneal the learning rate to 0 along a cosine over the whole run.
         mc_samples: forward passes per image in test and predict; above 1, Monte Carlo dropout.
         learn_dropout: the subclass built its net with ConcreteDropout layers; their regularizer joins the loss.
-        weight_regularizer: wr, see ConcreteDropout.regularizer.
-        dropout_regularizer: dr, see ConcreteDropout.regularizer.
+        dropout_lr: AdamW learning rate of the learned rates' logits (they follow the same cosine).
+        weight_regularizer: wr, see ConcreteDropout.regularizer; None: from the training set's size (regularizer_weights).
+        dropout_regularizer: dr, see ConcreteDropout.regularizer; None: from the training set's size (regularizer_weights).
         dropout_schedule: constant, early or late (see scheduled_p); acts on the CustomDropout layers.
         dropout_cutoff_epoch: where an early or late schedule switches, in epochs.
         dropout_ramp: constant or linear (early only), see scheduled_p.
@@ -79,8 +80,9 @@ class Classifier(L.LightningModule):
         mc_samples: int = 1,
         *,
         learn_dropout: bool = False,
-        weight_regularizer: float = WEIGHT_REGULARIZER,
-        dropout_regularizer: float = DROPOUT_REGULARIZER,
+        dropout_lr: float = DROPOUT_LR,
+        weight_regularizer: float | None = None,
+        dropout_regularizer: float | None = None,
         dropout_schedule: Schedule = "constant",
         dropout_cutoff_epoch: int | None = None,
         dropout_ramp: Ramp = "constant",
@@ -88,8 +90,11 @@ class Classifier(L.LightningModule):
         super().__init__()
         self.lr, self.weight_decay, self.cosine = lr, weight_decay, cosine
         self.learn_dropout = learn_dropout
+        self.dropout_lr = check_dropout_lr(dropout_lr)
         self.weight_regularizer = check_regularizer(weight_regularizer, "weight_regularizer")
         self.dropout_regularizer = check_regularizer(dropout_regularizer, "dropout_regularizer")
+        # (wr, dr) of the loss: a None is derived from the training set's size when a fit starts.
+        self.regularizer_weights = (self.weight_regularizer, self.dropout_regularizer)
         check_schedule(dropout_schedule, dropout_cutoff_epoch, dropout_ramp, learn_dropout)
         self.dropout_schedule, self.dropout_ramp = dropout_schedule, dropout_ramp
         self.dropout_cutoff_epoch = dropout_cutoff_epoch
@@ -172,7 +177,32 @@ class Classifier(L.LightningModule):
     def concrete_regularizer(self) -> Tensor:
         """The sum of every ConcreteDropout layer's regularizer, on the layer that takes its output."""
         pairs = concrete_dropout_and_next_layer(self.net)
-        return sum(layer.regularizer(nxt, self.weight_regularizer, self.dropout_regularizer) for _, layer, nxt in pairs)
+        wr, dr = self.regularizer_weights
+        return sum(layer.regularizer(nxt, wr, dr) for _, layer, nxt in pairs)
+
+    def derive_regularizer_weights(self) -> None:
+        """wr and dr for this fit: the arguments, or what the training set's size gives where they are None."""
+        if not self.learn_dropout:
+            return
+        if self.weight_regularizer is not None and self.dropout_regularizer is not None:
+            self.regularizer_weights = (self.weight_regularizer, self.dropout_regularizer)
+            return
+        try:  # the whole training set (under DDP too: each rank's sampler takes its share of the same dataset)
+            n = len(self.trainer.train_dataloader.dataset)
+        except (AttributeError, TypeError):
+            raise ValueError(
+                "learn_dropout weighs its regularizer by the number of training examples, which this training data "
+                "does not tell (no len()): give --model.weight_regularizer and --model.dropout_regularizer."
+            ) from None
+        wr, dr = regularizer_weights(n)
+        self.regularizer_weights = (
+            wr if self.weight_regularizer is None else self.weight_regularizer,
+            dr if self.dropout_regularizer is None else self.dropout_regularizer,
+        )
+        rank_zero_info(
+            f"Concrete dropout's regularizer for N={n} training images: weight_regularizer="
+            f"{self.regularizer_weights[0]:.3g}, dropout_regularizer={self.regularizer_weights[1]:.3g}."
+        )
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         logits, loss = self._logits_and_loss(batch)
@@ -288,7 +318,7 @@ class Classifier(L.LightningModule):
         # A learned rate is no weight: decay would pull every p_logit to 0 (p to 0.5) whatever the data says.
         rates = [param for name, param in self.named_parameters() if name.endswith("p_logit")]
         weights = [param for name, param in self.named_parameters() if not name.endswith("p_logit")]
-        groups = [{"params": weights}, {"params": rates, "weight_decay": 0.0}] if rates else weights
+        groups = [{"params": weights}, {"params": rates, "weight_decay": 0.0, "lr": self.dropout_lr}] if rates else weights
         optimizer = torch.optim.AdamW(groups, lr=self.lr, weight_decay=self.weight_decay)
         if not self.cosine:
             return optimizer
@@ -309,6 +339,14 @@ class Classifier(L.LightningModule):
         self.normalization = checkpoint.get("normalization", self.normalization)
 
     def on_train_start(self) -> None:
+        self.derive_regularizer_weights()  # the training loader is built by now, so its dataset's size is known
+        if self.global_step == 0:
+            # Where every rate begins: validation logs them from the end of the first epoch on.
+            for logger in self.loggers:
+                logger.log_metrics({f"dropout/p/{name}": p for name, p in dropout_rates(self.net).items()}, step=0)
+        self.replan_cosine()
+
+    def replan_cosine(self) -> None:
         # After the checkpoint is loaded, whichever strategy loads it before or after configure_optimizers.
         if self.planned_steps is None or self.checkpoint_planned_steps in (None, self.planned_steps):
             return
@@ -370,9 +408,23 @@ def check_schedule(schedule: str, cutoff: int | None, ramp: str, learn_dropout: 
         )
 
 
-def check_regularizer(value: float, name: str) -> float:
+def check_regularizer(value: float | None, name: str) -> float | None:
+    if value is None:
+        return None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-        raise ValueError(f"{name} weighs a term of the loss and must be >= 0, got {value!r} (0 turns the term off).")
+        raise ValueError(
+            f"{name} weighs a term of the loss and must be >= 0, got {value!r} (0 turns the term off; leave it "
+            "out to derive it from the number of training images)."
+        )
+    return float(value)
+
+
+def check_dropout_lr(value: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError(
+            f"dropout_lr is the learned rates' learning rate and must be > 0, got {value!r}: use "
+            f"--model.dropout_lr={DROPOUT_LR} (the default), or --model.learn_dropout=false to keep the rates fixed."
+        )
     return float(value)
 
 
@@ -420,8 +472,10 @@ class MLPClassifier(Classifier):
             of that many passes with the dropout layers on). 1: the deterministic eval-mode pass.
         learn_dropout: learn every dropout rate (Concrete dropout), from the rates above (each then 0 < p < 1).
         concrete_temperature: with learn_dropout, the temperature of the relaxed drop masks (> 0; the paper's 0.1).
-        weight_regularizer: with learn_dropout, wr in the loss's wr·Σθ²/(1−p) over the layer after each dropout.
-        dropout_regularizer: with learn_dropout, dr in the loss's dr·K·(p log p + (1−p) log(1−p)); 2/N for N examples.
+        dropout_lr: with learn_dropout, the rates' own AdamW learning rate (the weights' lr is too slow for them).
+        weight_regularizer: with learn_dropout, wr in the loss's wr·Σθ²/(1−p) over the layer after each dropout;
+            None: l²/(2N) for the N training images (see regularizer_weights).
+        dropout_regularizer: with learn_dropout, dr in the loss's dr·K·(p log p + (1−p) log(1−p)); None: 1/N.
         dropout_schedule: constant rates; early: the rates until dropout_cutoff_epoch, then 0; late: 0, then the rates.
         dropout_cutoff_epoch: the epoch at which an early or late schedule switches (1 to max_epochs - 1).
         dropout_ramp: early schedule only; constant: the rates until the cutoff; linear: down to 0 at the cutoff.
@@ -441,8 +495,9 @@ class MLPClassifier(Classifier):
         mc_samples: int = 1,
         learn_dropout: bool = False,
         concrete_temperature: float = 0.1,
-        weight_regularizer: float = WEIGHT_REGULARIZER,
-        dropout_regularizer: float = DROPOUT_REGULARIZER,
+        dropout_lr: float = DROPOUT_LR,
+        weight_regularizer: float | None = None,
+        dropout_regularizer: float | None = None,
         dropout_schedule: Schedule = "constant",
         dropout_cutoff_epoch: int | None = None,
         dropout_ramp: Ramp = "constant",
@@ -454,6 +509,7 @@ class MLPClassifier(Classifier):
             cosine,
             mc_samples,
             learn_dropout=learn_dropout,
+            dropout_lr=dropout_lr,
             weight_regularizer=weight_regularizer,
             dropout_regularizer=dropout_regularizer,
             dropout_schedule=dropout_schedule,
@@ -487,8 +543,10 @@ class CNNClassifier(Classifier):
             of that many passes with the dropout layers on). 1: the deterministic eval-mode pass.
         learn_dropout: learn every dropout rate (Concrete dropout), from the rates above (each then 0 < p < 1).
         concrete_temperature: with learn_dropout, the temperature of the relaxed drop masks (> 0; the paper's 0.1).
-        weight_regularizer: with learn_dropout, wr in the loss's wr·Σθ²/(1−p) over the layer after each dropout.
-        dropout_regularizer: with learn_dropout, dr in the loss's dr·K·(p log p + (1−p) log(1−p)); 2/N for N examples.
+        dropout_lr: with learn_dropout, the rates' own AdamW learning rate (the weights' lr is too slow for them).
+        weight_regularizer: with learn_dropout, wr in the loss's wr·Σθ²/(1−p) over the layer after each dropout;
+            None: l²/(2N) for the N training images (see regularizer_weights).
+        dropout_regularizer: with learn_dropout, dr in the loss's dr·K·(p log p + (1−p) log(1−p)); None: 1/N.
         dropout_schedule: constant rates; early: the rates until dropout_cutoff_epoch, then 0; late: 0, then the rates.
         dropout_cutoff_epoch: the epoch at which an early or late schedule switches (1 to max_epochs - 1).
         dropout_ramp: early schedule only; constant: the rates until the cutoff; linear: down to 0 at the cutoff.
@@ -510,8 +568,9 @@ class CNNClassifier(Classifier):
         mc_samples: int = 1,
         learn_dropout: bool = False,
         concrete_temperature: float = 0.1,
-        weight_regularizer: float = WEIGHT_REGULARIZER,
-        dropout_regularizer: float = DROPOUT_REGULARIZER,
+        dropout_lr: float = DROPOUT_LR,
+        weight_regularizer: float | None = None,
+        dropout_regularizer: float | None = None,
         dropout_schedule: Schedule = "constant",
         dropout_cutoff_epoch: int | None = None,
         dropout_ramp: Ramp = "constant",
@@ -523,6 +582,7 @@ class CNNClassifier(Classifier):
             cosine,
             mc_samples,
             learn_dropout=learn_dropout,
+            dropout_lr=dropout_lr,
             weight_regularizer=weight_regularizer,
             dropout_regularizer=dropout_regularizer,
             dropout_schedule=dropout_schedule,

@@ -31,6 +31,7 @@ SUMMARY_METRICS = {
     "test/nll": "test/nll",
     "test/ece": "test/ece",
 }
+RATE = "p/"  # with learn_dropout a trial also stores each layer's final learned rate, as p/<layer>
 PANELS = {  # the figure's panels: metric, (title, y axis label)
     "gap/loss": ("generalization gap at the end of training", "final gap/loss: val − train_eval loss (nats)"),
     "test/acc": ("test accuracy of the checkpoint train.py tests", "test/acc (fraction of test images right)"),
@@ -44,21 +45,28 @@ def finished_grid_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
 
 def summary_rows(trials: list[optuna.trial.FrozenTrial]) -> tuple[list[str], list[dict]]:
     """The grid's keys (without the seed), and one row per point in the grid's order: the keys' values, then
-    ``<metric>_mean``, ``_std`` (over two seeds or more, else NaN) and ``_count`` of every metric."""
+    ``<metric>_mean``, ``_std`` (over two seeds or more, else NaN) and ``_count`` of every metric, and of every
+    learned rate (``p/<layer>``) if the trials learned them."""
     keys = [key for key in trials[0].params if key != SEED]
+    metrics = [*SUMMARY_METRICS, *learned_rates(trials)]
     points: dict[tuple, list[optuna.trial.FrozenTrial]] = {}
     for trial in trials:
         points.setdefault(tuple(trial.params.get(key) for key in keys), []).append(trial)
     rows = []
     for point in sorted(points, key=lambda point: grid_order(trials[0], keys, point)):
         row = dict(zip(keys, point, strict=True))
-        for metric in SUMMARY_METRICS:
+        for metric in metrics:
             values = [t.user_attrs[metric] for t in points[point] if t.user_attrs.get(metric) is not None]
             row[f"{metric}_mean"] = statistics.fmean(values) if values else math.nan
             row[f"{metric}_std"] = statistics.stdev(values) if len(values) > 1 else math.nan
             row[f"{metric}_count"] = len(values)
         rows.append(row)
     return keys, rows
+
+
+def learned_rates(trials: list[optuna.trial.FrozenTrial]) -> list[str]:
+    """The ``p/<layer>`` names the trials stored, in their layers' order."""
+    return list(dict.fromkeys(name for trial in trials for name in trial.user_attrs if name.startswith(RATE)))
 
 
 def grid_order(trial: optuna.trial.FrozenTrial, keys: list[str], point: tuple) -> tuple:
@@ -111,29 +119,42 @@ def mean_std(row: dict, metric: str) -> str:
 
 def summary_figure(keys: list[str], rows: list[dict], title: str):
     """Final gap/loss and test/acc against the first grid key: the mean over seeds with ± one standard error,
-    one line per combination of the other keys' values."""
+    one line per combination of the other keys' values; with learned rates, a third panel of each layer's final
+    rate. A numeric key spanning a factor of 10 or more (a training-set size) goes on a log axis."""
     from matplotlib.figure import Figure  # imported on use: matplotlib takes a second to import
 
     x_key, line_keys = keys[0], keys[1:]
     x_values = list(dict.fromkeys(row[x_key] for row in rows))
     numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in x_values)
+    log_x = numeric and min(x_values) > 0 and max(x_values) >= 10 * min(x_values)
     lines: dict[tuple, list[dict]] = {}
     for row in sorted(rows, key=lambda row: row[x_key]) if numeric else rows:  # a line goes left to right
         lines.setdefault(tuple(row[key] for key in line_keys), []).append(row)
     counts = sorted({seeds(row) for row in rows})
     count = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]}–{counts[-1]}"
+    rates = [name.removesuffix("_mean") for name in rows[0] if name.startswith(RATE) and name.endswith("_mean")]
+    panels = [(metric, panel, ylabel, [metric]) for metric, (panel, ylabel) in PANELS.items()]
+    if rates:
+        panels.append(("p", "learned drop rate of each layer at the end", "learned p (0 to 1)", rates))
 
-    figure = Figure(figsize=(11, 4.5), layout="constrained")
-    for axes, (metric, (panel, ylabel)) in zip(figure.subplots(1, 2), PANELS.items(), strict=True):
+    figure = Figure(figsize=(5.5 * len(panels), 4.5), layout="constrained")
+    for axes, (metric, panel, ylabel, series) in zip(figure.subplots(1, len(panels)), panels, strict=True):
         for line, members in lines.items():
             x = [row[x_key] if numeric else x_values.index(row[x_key]) for row in members]
-            mean = [row[f"{metric}_mean"] for row in members]
-            error = [standard_error(row, metric) for row in members]
-            label = ", ".join(f"{key}={value}" for key, value in zip(line_keys, line, strict=True)) or "mean of seeds"
-            axes.errorbar(x, mean, yerr=error, marker="o", capsize=4, label=label)
+            for name in series:
+                mean = [row[f"{name}_mean"] for row in members]
+                error = [standard_error(row, name) for row in members]
+                label = ", ".join(f"{key}={value}" for key, value in zip(line_keys, line, strict=True))
+                if len(series) > 1:
+                    label = f"{name.removeprefix(RATE)} {label}".strip()
+                axes.errorbar(x, mean, yerr=error, marker="o", capsize=4, label=label or "mean of seeds")
         if metric.startswith("gap/"):
             axes.axhline(0, color="grey", linewidth=0.8, linestyle=":")  # no gap
-        if not numeric:
+        if log_x:
+            axes.set_xscale("log")
+            axes.set_xticks(x_values, [str(value) for value in x_values])
+            axes.minorticks_off()
+        elif not numeric:
             axes.set_xticks(range(len(x_values)), [str(value) for value in x_values])
         axes.set(xlabel=axis_label(x_key), ylabel=ylabel, title=panel)
         axes.grid(alpha=0.3)
@@ -152,6 +173,8 @@ def axis_label(key: str) -> str:
         return f"{key} (drop probability p, 0 to 1)"
     if key.endswith("lr"):
         return f"{key} (learning rate)"
+    if key.endswith("train_subset"):
+        return f"{key} (training images, log scale)"
     return key
 
 

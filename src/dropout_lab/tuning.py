@@ -474,7 +474,9 @@ def final_values(trainer: L.Trainer, cli: DropoutLabCLI) -> dict[str, float]:
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     run_test(trainer, cli.model, cli.datamodule, ckpt_path=best or None)
     logged |= keep.values
-    return {name: logged[tag] for name, tag in sweep_summary.SUMMARY_METRICS.items() if tag in logged}
+    values = {name: logged[tag] for name, tag in sweep_summary.SUMMARY_METRICS.items() if tag in logged}
+    learned = {f"{sweep_summary.RATE}{tag.removeprefix('hp/p_')}": v for tag, v in logged.items() if tag.startswith("hp/p_")}
+    return values | learned
 
 
 def objective(

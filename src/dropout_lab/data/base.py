@@ -76,6 +76,32 @@ def check_holdout(n_holdout: int, n: int, name: str) -> None:
         raise ValueError(f"{name}={n_holdout} cannot be held out of {n} examples: choose 0 < {name} < {n}")
 
 
+def check_train_subset(train_subset: int | None, split: int | None, num_classes: int) -> None:
+    """Refuse a training subset that is not a whole number from one image per class to the whole split."""
+    if train_subset is None:
+        return
+    if isinstance(train_subset, bool) or not isinstance(train_subset, int):
+        raise ValueError(f"train_subset is a number of training images, got {train_subset!r}: give an integer.")
+    if train_subset < num_classes:
+        raise ValueError(
+            f"train_subset={train_subset} is fewer images than the {num_classes} classes: a stratified subset needs "
+            f"at least one per class; choose --data.train_subset={num_classes} or more."
+        )
+    if split is not None and train_subset > split:
+        raise ValueError(
+            f"train_subset={train_subset} is more than the {split} images of the training split (what val_size "
+            f"leaves): choose --data.train_subset={split} or fewer, or leave it out for the whole split."
+        )
+
+
+def training_subset(train: Tensor, labels: Tensor, train_subset: int | None, seed: int) -> Tensor:
+    """``train_subset`` of the indices ``train``, seeded and stratified by ``labels``; all of them for None."""
+    if train_subset is None or train_subset == len(train):
+        return train
+    _, subset = stratified_split(labels[train], train_subset, seed, "train_subset")
+    return train[subset]
+
+
 class InMemoryDataModule(L.LightningDataModule):
     """Base of the DataModules here: subclasses set the class attributes and implement ``load``.
 
@@ -83,7 +109,9 @@ class InMemoryDataModule(L.LightningDataModule):
         val_size: number of training images held out (seeded, stratified) for validation.
         batch_size: images per batch.
         num_workers: DataLoader worker processes; 0 is fastest for data held in memory.
-        seed: seed of the train/validation split and of the training subset used for the gap.
+        seed: seed of the train/validation split, of ``train_subset`` and of the training images used for the gap.
+        train_subset: train on this many images of the training split (seeded, stratified), for learning curves
+            over the amount of data; validation and test images stay the same. None: the whole split.
     """
 
     input_shape: tuple[int, int, int]
@@ -96,7 +124,9 @@ class InMemoryDataModule(L.LightningDataModule):
     # is then refused in __init__, before the Trainer makes a run folder.
     train_size: int | None = None
 
-    def __init__(self, val_size: int, batch_size: int = 64, num_workers: int = 0, seed: int = 0) -> None:
+    def __init__(
+        self, val_size: int, batch_size: int = 64, num_workers: int = 0, seed: int = 0, train_subset: int | None = None
+    ) -> None:
         super().__init__()
         if batch_size <= 0:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
@@ -104,6 +134,8 @@ class InMemoryDataModule(L.LightningDataModule):
             raise ValueError(f"val_size must be a positive number of images, got {val_size}")
         if self.train_size is not None:
             check_holdout(val_size, self.train_size, "val_size")
+        split = None if self.train_size is None else self.train_size - val_size
+        check_train_subset(train_subset, split, self.num_classes)
         self.save_hyperparameters(logger=False)  # TensorBoardLayout logs them, with metrics
 
     def load(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -115,12 +147,15 @@ class InMemoryDataModule(L.LightningDataModule):
             return
         images, labels, test_images, test_labels = self.load()
         train, val = stratified_split(labels, self.hparams.val_size, self.hparams.seed, "val_size")
+        check_train_subset(self.hparams.train_subset, len(train), self.num_classes)
+        train = training_subset(train, labels, self.hparams.train_subset, self.hparams.seed)
         world_size = self.trainer.world_size if self.trainer is not None else 1
         if len(val) < world_size:  # else each rank's share of the images would be empty
             raise ValueError(
                 f"val_size={len(val)} is smaller than the {world_size} processes that share the validation "
                 f"images: choose --data.val_size={world_size} or more, or fewer --trainer.devices."
             )
+        # The gap's training side is drawn from the images trained on: a subset is compared with itself.
         seeded = torch.Generator().manual_seed(self.hparams.seed)
         train_eval = train[torch.randperm(len(train), generator=seeded)[: min(len(val), self.train_eval_cap)]]
         self.train_set = self.batches(images[train], labels[train], self.mean, self.std)

@@ -30,7 +30,9 @@ class MNIST5kDataModule(InMemoryDataModule):
         test_size: digits held out (seeded, stratified) for testing.
         batch_size: images per batch.
         num_workers: DataLoader worker processes; 0 is fastest for data held in memory.
-        seed: seed of the train/validation/test split and of the training subset used for the gap.
+        seed: seed of the train/validation/test split, of train_subset and of the training images used for the gap.
+        train_subset: train on this many of the 4,000 training digits (seeded, stratified), for learning curves
+            over the amount of data; validation and test digits stay the same. None: all of them.
         augment: a small random rotation, scale and shift of each training image (no flip), on training
             batches only (validation, train_eval and test images are never augmented).
     """
@@ -46,10 +48,11 @@ class MNIST5kDataModule(InMemoryDataModule):
         num_workers: int = 0,
         seed: int = 0,
         augment: bool = False,
+        train_subset: int | None = None,
     ) -> None:
         check_holdout(test_size, MNIST5K_SIZE, "test_size")
         self.train_size = MNIST5K_SIZE - test_size
-        super().__init__(val_size, batch_size, num_workers, seed)
+        super().__init__(val_size, batch_size, num_workers, seed, train_subset)
         if augment:
             self.batches = AffineBatches
 

@@ -36,7 +36,9 @@ class MNISTDataModule(TorchvisionDataModule):
         val_size: training images held out (seeded, stratified) for validation; the test set is the official one.
         batch_size: images per batch.
         num_workers: DataLoader worker processes; 0 is fastest for data held in memory.
-        seed: seed of the train/validation split and of the training subset used for the gap.
+        seed: seed of the train/validation split, of train_subset and of the training images used for the gap.
+        train_subset: train on this many images of the training split (seeded, stratified), for learning curves
+            over the amount of data; validation and test images stay the same. None: the whole split.
         augment: a small random rotation, scale and shift of each training image (no flip), on training
             batches only (validation, train_eval and test images are never augmented).
     """
@@ -56,8 +58,9 @@ class MNISTDataModule(TorchvisionDataModule):
         num_workers: int = 0,
         seed: int = 0,
         augment: bool = False,
+        train_subset: int | None = None,
     ) -> None:
-        super().__init__(val_size, batch_size, num_workers, seed)
+        super().__init__(val_size, batch_size, num_workers, seed, train_subset)
         if augment:
             self.batches = self.augmented
 
@@ -101,7 +104,9 @@ class FashionMNISTDataModule(MNISTDataModule):
         val_size: training images held out (seeded, stratified) for validation; the test set is the official one.
         batch_size: images per batch.
         num_workers: DataLoader worker processes; 0 is fastest for data held in memory.
-        seed: seed of the train/validation split and of the training subset used for the gap.
+        seed: seed of the train/validation split, of train_subset and of the training images used for the gap.
+        train_subset: train on this many images of the training split (seeded, stratified), for learning curves
+            over the amount of data; validation and test images stay the same. None: the whole split.
         augment: a small random rotation, scale and shift of each training image, and a left-right flip of
             half of them, on training batches only (validation, train_eval and test images are never augmented).
     """
@@ -120,7 +125,9 @@ class CIFAR10DataModule(TorchvisionDataModule):
         val_size: training images held out (seeded, stratified) for validation; the test set is the official one.
         batch_size: images per batch.
         num_workers: DataLoader worker processes; 0 is fastest for data held in memory.
-        seed: seed of the train/validation split and of the training subset used for the gap.
+        seed: seed of the train/validation split, of train_subset and of the training images used for the gap.
+        train_subset: train on this many images of the training split (seeded, stratified), for learning curves
+            over the amount of data; validation and test images stay the same. None: the whole split.
         augment: random 32x32 crop of the image padded by 4 pixels, and random horizontal flip, on training
             batches only (validation, train_eval and test images are never augmented).
     """
@@ -140,8 +147,9 @@ class CIFAR10DataModule(TorchvisionDataModule):
         num_workers: int = 0,
         seed: int = 0,
         augment: bool = False,
+        train_subset: int | None = None,
     ) -> None:
-        super().__init__(val_size, batch_size, num_workers, seed)
+        super().__init__(val_size, batch_size, num_workers, seed, train_subset)
         if augment:
             self.batches = AugmentedBatches
 
