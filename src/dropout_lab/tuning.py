@@ -81,7 +81,10 @@ class TuneCLI(DropoutLabCLI):
 --tune.storage and --tune.study_name (workers with the same two share one study).
 A grid over seeds: --tune.sampler=grid --tune.params='[model.dropout=categorical:0:0.2:0.5:0.7]' --tune.repeats=3
 runs every value with seeds 0, 1, 2, tests each run, and writes summary.csv and summary.png (mean and spread
-over the seeds) into the study's folder; --tune.summary_only=true writes them again. train.py's flags follow."""
+over the seeds) into the study's folder; --tune.summary_only=true writes them again. A grid takes data.* keys
+too: --config configs/data_size.yaml --tune.params='[data.train_subset=categorical:250:1000:4000,
+model.dropout=categorical:0:0.5]' draws test accuracy and gap against the number of training images, one line
+per rate. train.py's flags follow."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         super().add_arguments_to_parser(parser)
