@@ -12,6 +12,8 @@ on the 2-core CPU machine, shared with other jobs; its runs are about four times
 - reliability.png           the reliability diagram train.py's test drew into the p = 0.5 run (deterministic and MC)
 - sweep_mlp.png, sweep_cnn.png  with --sweeps DIR: the summary figures of the grid studies mlp and cnn under DIR
                             (docs/sweeps.md's commands), drawn again from their optuna.db by tune.py
+- data_size.png, data_size_learned.png, sweep_headline.png  with --data-size DIR: the same for the studies size,
+                            size_learned and headline under DIR (docs/data_size.md's commands)
 
 Needs this project's environment (matplotlib, tensorboard, pillow come with it) and Chromium
 (Debian/Ubuntu: apt-get install chromium; or --chromium PATH). It installs nothing.
@@ -66,6 +68,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "img", help="where the images go")
     parser.add_argument("--chromium", default=None, help="the Chromium (or Chrome) executable")
     parser.add_argument("--sweeps", type=Path, default=None, help="the root of docs/sweeps.md's grid studies")
+    parser.add_argument("--data-size", type=Path, default=None, help="the root of docs/data_size.md's grid studies")
     args = parser.parse_args()
     found = (shutil.which(name) for name in ("chromium", "chromium-browser", "google-chrome"))
     chromium = args.chromium or next(filter(None, found), None)
@@ -99,6 +102,10 @@ def main() -> None:
     if args.sweeps is not None:
         for study in ("mlp", "cnn"):
             draw_sweep(args.sweeps, study, args.out / f"sweep_{study}.png")
+    if args.data_size is not None:
+        studies = {"size": "data_size", "size_learned": "data_size_learned", "headline": "sweep_headline"}
+        for study, image in studies.items():
+            draw_sweep(args.data_size, study, args.out / f"{image}.png")
     for path in sorted(args.out.glob("*.png")):
         print(f"{path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}: {path.stat().st_size // 1024} KB")
 

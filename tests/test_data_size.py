@@ -7,20 +7,11 @@ import lightning as L
 import pytest
 import torch
 from conftest import QUICK, read_events, run_train, scalars
+from test_mnist5k import image_bytes, setup_data
 
 from dropout_lab import MLPClassifier, MNIST5kDataModule, MNISTDataModule
 from dropout_lab.dropout import regularizer_weights
 from dropout_lab.tuning import TuneCLI, tune
-
-
-def setup_data(**kwargs) -> MNIST5kDataModule:
-    data = MNIST5kDataModule(**kwargs)
-    data.setup("fit")
-    return data
-
-
-def image_bytes(dataset) -> set[bytes]:
-    return {image.numpy().tobytes() for image in dataset.images}
 
 
 @pytest.mark.parametrize("n", [10, 250, 1000, 4000])
@@ -159,6 +150,7 @@ def test_a_grid_over_a_data_key_and_the_rate_summarizes_each_combination(tmp_pat
 
 def test_a_data_key_the_datamodule_does_not_have_is_refused_in_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit):
-        tune(TuneCLI(["--tune.params=[data.train_subsett=categorical:100:200]", f"--trainer.default_root_dir={tmp_path}"]))
+        run = ["--tune.params=[data.train_subsett=categorical:100:200]", f"--trainer.default_root_dir={tmp_path}"]
+        tune(TuneCLI(run))
     assert "did you mean --data.train_subset?" in capsys.readouterr().err
     assert not tmp_path.joinpath("optuna.db").exists()

@@ -64,8 +64,8 @@ class Classifier(L.LightningModule):
         mc_samples: forward passes per image in test and predict; above 1, Monte Carlo dropout.
         learn_dropout: the subclass built its net with ConcreteDropout layers; their regularizer joins the loss.
         dropout_lr: AdamW learning rate of the learned rates' logits (they follow the same cosine).
-        weight_regularizer: wr, see ConcreteDropout.regularizer; None: from the training set's size (regularizer_weights).
-        dropout_regularizer: dr, see ConcreteDropout.regularizer; None: from the training set's size (regularizer_weights).
+        weight_regularizer: wr, see ConcreteDropout.regularizer; None: from the training set's size.
+        dropout_regularizer: dr, see ConcreteDropout.regularizer; None: from the training set's size.
         dropout_schedule: constant, early or late (see scheduled_p); acts on the CustomDropout layers.
         dropout_cutoff_epoch: where an early or late schedule switches, in epochs.
         dropout_ramp: constant or linear (early only), see scheduled_p.
@@ -318,7 +318,8 @@ class Classifier(L.LightningModule):
         # A learned rate is no weight: decay would pull every p_logit to 0 (p to 0.5) whatever the data says.
         rates = [param for name, param in self.named_parameters() if name.endswith("p_logit")]
         weights = [param for name, param in self.named_parameters() if not name.endswith("p_logit")]
-        groups = [{"params": weights}, {"params": rates, "weight_decay": 0.0, "lr": self.dropout_lr}] if rates else weights
+        learned = {"params": rates, "weight_decay": 0.0, "lr": self.dropout_lr}  # Adam would move them too slowly
+        groups = [{"params": weights}, learned] if rates else weights
         optimizer = torch.optim.AdamW(groups, lr=self.lr, weight_decay=self.weight_decay)
         if not self.cosine:
             return optimizer

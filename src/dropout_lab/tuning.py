@@ -478,7 +478,8 @@ def final_values(trainer: L.Trainer, cli: DropoutLabCLI) -> dict[str, float]:
     run_test(trainer, cli.model, cli.datamodule, ckpt_path=best or None)
     logged |= keep.values
     values = {name: logged[tag] for name, tag in sweep_summary.SUMMARY_METRICS.items() if tag in logged}
-    learned = {f"{sweep_summary.RATE}{tag.removeprefix('hp/p_')}": v for tag, v in logged.items() if tag.startswith("hp/p_")}
+    rates = {tag.removeprefix("hp/p_"): value for tag, value in logged.items() if tag.startswith("hp/p_")}
+    learned = {f"{sweep_summary.RATE}{layer}": value for layer, value in rates.items()}
     return values | learned
 
 
