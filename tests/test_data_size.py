@@ -154,3 +154,29 @@ def test_a_data_key_the_datamodule_does_not_have_is_refused_in_one_line(tmp_path
         tune(TuneCLI(run))
     assert "did you mean --data.train_subset?" in capsys.readouterr().err
     assert not tmp_path.joinpath("optuna.db").exists()
+
+
+def summary_row(n: int, p: float, rate: float | None = None) -> dict:
+    metrics = {"val/acc_best": 0.9, "gap/loss": 0.1, "gap/acc": 0.02, "train_eval/acc": 1.0, "test/acc": 0.9}
+    metrics |= {"test/nll": 0.3, "test/ece": 0.02} | ({} if rate is None else {"p/hidden": rate})
+    values = {f"{name}_{stat}": v for name, value in metrics.items() for stat, v in (("mean", value), ("std", 0.01))}
+    return {"data.train_subset": n, "model.dropout": p, **values} | {f"{m}_count": 3 for m in metrics}
+
+
+def test_a_training_set_size_goes_on_a_log_axis_with_one_line_per_rate_and_a_panel_of_learned_rates():
+    from dropout_lab.sweep_summary import summary_figure
+
+    keys = ["data.train_subset", "model.dropout"]
+    rows = [summary_row(n, p) for n in (250, 1000, 4000) for p in (0.0, 0.5)]
+    figure = summary_figure(keys, rows, "study")
+    assert [axes.get_xscale() for axes in figure.axes] == ["log", "log"]
+    assert [len(axes.get_lines()) > 0 for axes in figure.axes] == [True, True]
+    assert [text.get_text() for text in figure.axes[1].get_legend().get_texts()] == [
+        "model.dropout=0.0",
+        "model.dropout=0.5",
+    ]
+    learned = summary_figure(keys[:1], [summary_row(n, 0.5, rate=0.5 - n / 10_000) for n in (250, 4000)], "s")
+    assert len(learned.axes) == 3 and learned.axes[2].get_ylim() == (0, 1)
+    assert learned.axes[2].get_legend().get_texts()[0].get_text() == "hidden"
+    linear = summary_figure(["model.dropout"], [summary_row(4000, p) for p in (0.0, 0.2, 0.5)], "s")
+    assert linear.axes[0].get_xscale() == "linear"

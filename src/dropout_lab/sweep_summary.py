@@ -100,11 +100,11 @@ def partial_path(path: Path) -> Path:
 
 
 def format_table(keys: list[str], rows: list[dict]) -> str:
-    """The rows as text: the keys, the number of seeds, then mean ± std of every metric."""
-    header = [*keys, "seeds", *SUMMARY_METRICS]
+    """The rows as text: the keys, the number of seeds, then mean ± std of every metric (and learned rate)."""
+    metrics = [name.removesuffix("_mean") for name in rows[0] if name.endswith("_mean")]
+    header = [*keys, "seeds", *metrics]
     lines = [header] + [
-        [*(str(row[key]) for key in keys), str(seeds(row)), *(mean_std(row, m) for m in SUMMARY_METRICS)]
-        for row in rows
+        [*(str(row[key]) for key in keys), str(seeds(row)), *(mean_std(row, m) for m in metrics)] for row in rows
     ]
     widths = [max(len(line[column]) for line in lines) for column in range(len(header))]
     return "\n".join("  ".join(cell.rjust(width) for cell, width in zip(line, widths, strict=True)) for line in lines)
@@ -145,7 +145,7 @@ def summary_figure(keys: list[str], rows: list[dict], title: str):
                 mean = [row[f"{name}_mean"] for row in members]
                 error = [standard_error(row, name) for row in members]
                 label = ", ".join(f"{key}={value}" for key, value in zip(line_keys, line, strict=True))
-                if len(series) > 1:
+                if metric == "p":  # one line per layer
                     label = f"{name.removeprefix(RATE)} {label}".strip()
                 axes.errorbar(x, mean, yerr=error, marker="o", capsize=4, label=label or "mean of seeds")
         if metric.startswith("gap/"):
@@ -156,7 +156,9 @@ def summary_figure(keys: list[str], rows: list[dict], title: str):
             axes.minorticks_off()
         elif not numeric:
             axes.set_xticks(range(len(x_values)), [str(value) for value in x_values])
-        axes.set(xlabel=axis_label(x_key), ylabel=ylabel, title=panel)
+        if metric == "p":
+            axes.set_ylim(0, 1)
+        axes.set(xlabel=axis_label(x_key) + (", log scale" if log_x else ""), ylabel=ylabel, title=panel)
         axes.grid(alpha=0.3)
         axes.legend(title="error bars: ± 1 standard error", fontsize="small", title_fontsize="small")
     figure.suptitle(f"{title}: mean ± 1 standard error over {count} seeds per point")
@@ -174,7 +176,7 @@ def axis_label(key: str) -> str:
     if key.endswith("lr"):
         return f"{key} (learning rate)"
     if key.endswith("train_subset"):
-        return f"{key} (training images, log scale)"
+        return f"{key} (training images)"
     return key
 
 
