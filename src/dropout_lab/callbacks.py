@@ -165,7 +165,7 @@ def hparams_table(model: L.LightningModule, datamodule: L.LightningDataModule | 
         # The rates (dropout, input_dropout, conv_dropout), not the settings about them (learn_dropout,
         # dropout_cutoff_epoch, dropout_regularizer), which would push lr and the seed out of the shown columns.
         **{key: value for key, value in model_params.items() if key.endswith("dropout") and is_number(value)},
-        **{key: value for key, value in model_params.items() if key.endswith("lr")},
+        **{key: value for key, value in model_params.items() if key == "lr"},  # not dropout_lr, a setting
         "seed_everything": int(os.environ.get("PL_GLOBAL_SEED", -1)),
         "data": type(datamodule).__name__ if datamodule is not None else None,
         **{key: value for key, value in model_params.items() if "dropout" in key},
