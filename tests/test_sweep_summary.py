@@ -15,7 +15,14 @@ import pytest
 from conftest import read_events
 from matplotlib.container import ErrorbarContainer
 
-from dropout_lab.sweep_summary import SUMMARY_METRICS, finished_grid_trials, summary_figure, summary_rows, write_figure
+from dropout_lab.sweep_summary import (
+    SUMMARY_METRICS,
+    finished_grid_trials,
+    seeds,
+    summary_figure,
+    summary_rows,
+    write_figure,
+)
 from dropout_lab.tuning import TuneCLI, tune
 
 pytestmark = pytest.mark.filterwarnings("ignore:LightningCLI's args parameter")
@@ -114,3 +121,28 @@ def test_the_error_bars_are_one_standard_error_over_the_seeds():
         half_lengths = [abs(top[1] - bottom[1]) / 2 for bottom, top in bars.get_segments()]
         seeds = [values[(dropout, 0.01)][metric] for dropout in sorted(DROPOUTS)]
         assert half_lengths == pytest.approx([statistics.stdev(v) / math.sqrt(len(v)) for v in seeds])
+
+
+def grid_trial(dropout: float, seed: int, attrs: dict) -> optuna.trial.FrozenTrial:
+    return optuna.trial.create_trial(
+        value=0.5,
+        params={"model.dropout": dropout, "seed_everything": seed},
+        distributions={
+            "model.dropout": optuna.distributions.CategoricalDistribution((0, 0.5)),
+            "seed_everything": optuna.distributions.IntDistribution(0, 1),
+        },
+        user_attrs=attrs,
+    )
+
+
+def test_two_seeds_give_a_standard_deviation():
+    trials = [grid_trial(0.5, seed, {"test/acc": acc}) for seed, acc in ((0, 0.8), (1, 0.9))]
+    _, (row,) = summary_rows(trials)
+    assert row["test/acc_std"] == pytest.approx(statistics.stdev([0.8, 0.9]))
+
+
+def test_the_seeds_of_a_point_are_those_of_its_most_complete_metric():
+    # A metric that a trial did not store (a run without a test set, an older study) does not make it 0 seeds.
+    trials = [grid_trial(0.5, seed, {"test/acc": 0.8}) for seed in (0, 1)]
+    _, (row,) = summary_rows(trials)
+    assert row["gap/loss_count"] == 0 and seeds(row) == 2
