@@ -1,4 +1,4 @@
-"""Callbacks that break a train.py run on purpose, for tests/test_reliability.py.
+"""Callbacks that break a train.py run on purpose, for tests/test_reliability.py, or hold it (test_tune.py).
 
 train.py loads them with ``--trainer.callbacks+=crash_callbacks.<Name>`` when tests/ is on PYTHONPATH.
 """
@@ -7,6 +7,7 @@ import math
 import os
 import signal
 import subprocess
+import time
 
 import lightning as L
 
@@ -84,14 +85,36 @@ class SignalJobAtEpochStart(L.Callback):
 
 
 class KillInRun(L.Callback):
-    """SIGKILL the process when the run logged as ``version_<version>`` starts training (a tune.py trial)."""
+    """SIGKILL the process when its run number ``run`` (0-based; a tune.py trial is a run) starts training."""
 
-    def __init__(self, version: int = 1) -> None:
-        self.version = version
+    started = 0  # runs of this process that started training: every trial builds its own callbacks
 
-    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.logger is not None and trainer.logger.version == self.version:
+    def __init__(self, run: int = 1) -> None:
+        self.run = run
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if KillInRun.started == self.run:
             kill_this_process()
+        KillInRun.started += 1
+
+
+class WaitForAnotherWorker(L.Callback):
+    """Hold a tune.py trial before its training until the study holds a trial of another worker (at most
+    ``timeout`` seconds): two workers started together then both run trials, however late the second starts."""
+
+    def __init__(self, storage: str, study_name: str = "tune", timeout: float = 120) -> None:
+        self.storage, self.study_name, self.timeout = storage, study_name, timeout
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        import optuna
+
+        deadline = time.monotonic() + self.timeout
+        while time.monotonic() < deadline:
+            trials = optuna.load_study(study_name=self.study_name, storage=self.storage).get_trials(deepcopy=False)
+            if len({trial.user_attrs["worker"] for trial in trials if "worker" in trial.user_attrs}) > 1:
+                return
+            time.sleep(0.2)
+        raise RuntimeError(f"no second worker joined the study in {self.timeout} s")
 
 
 class KillAtStep(L.Callback):

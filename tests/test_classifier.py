@@ -172,6 +172,25 @@ def test_optimizer_applies_weight_decay_and_anneals_the_learning_rate_to_zero(tm
     assert group["initial_lr"] == 1e-2 and group["lr"] == pytest.approx(0, abs=1e-9)  # 6 of 6 steps done
 
 
+def test_learned_rates_are_not_decayed_with_the_weights():
+    # Decay would pull every p_logit to 0 (p to 0.5), whatever the data says.
+    model = MLPClassifier(hidden=[8], weight_decay=0.1, cosine=False, learn_dropout=True)
+    weights, rates = model.configure_optimizers().param_groups
+    p_logits = {id(param) for name, param in model.named_parameters() if name.endswith("p_logit")}
+    assert {id(param) for param in rates["params"]} == p_logits and len(p_logits) == 2
+    assert (weights["weight_decay"], rates["weight_decay"]) == (0.1, 0.0)
+
+
+def test_validate_logs_no_dropout_rates_and_no_hparams_columns(tmp_path):
+    # Outside a fit there is no HParams session, and the rates did not move: only the metrics.
+    model = MLPClassifier(hidden=[8], learn_dropout=True)
+    trainer = tiny_trainer(tmp_path)
+    trainer.validate(model, MNIST5kDataModule(), verbose=False)
+    logged = set(trainer.logged_metrics)
+    assert {"val/loss", "train_eval/loss"} <= logged
+    assert not [tag for tag in logged if tag.startswith(("dropout/", "hp/"))]
+
+
 class StepsWritten(L.pytorch.loggers.Logger):
     """A logger that keeps the steps at which each metric was written."""
 

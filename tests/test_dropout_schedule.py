@@ -48,6 +48,7 @@ def test_constant_is_the_rate_throughout():
             r"late dropout switches on at once",
         ),
         ({"dropout_cutoff_epoch": 3}, r"set dropout_schedule=early or late, or leave them out"),
+        ({"dropout_ramp": "linear"}, r"set dropout_schedule=early or late, or leave them out"),
         ({"dropout_schedule": "middle"}, r"dropout_schedule must be constant, early or late, got 'middle'"),
     ],
 )

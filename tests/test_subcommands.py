@@ -277,3 +277,10 @@ def test_evaluations_are_numbered_from_0_after_those_already_in_the_run(tmp_path
     (run_dir / "test_0").mkdir()
     assert folder("test") == run_dir / "test_1"
     assert folder("validate") == run_dir / "validate_0"
+
+
+def test_a_checkpoint_outside_a_runs_checkpoints_folder_is_evaluated_beside_it(tmp_path):
+    checkpoint = write_checkpoint(tmp_path / "downloads" / "model.ckpt")
+    with pytest.raises(Parsed) as parsed:
+        ParseAndPlace(["test", f"--ckpt_path={checkpoint}"], run=True)
+    assert Path(parsed.value.args[0].trainer.default_root_dir) == checkpoint.parent / "test_0"  # not tmp_path's

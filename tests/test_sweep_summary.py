@@ -15,7 +15,14 @@ import pytest
 from conftest import read_events
 from matplotlib.container import ErrorbarContainer
 
-from dropout_lab.sweep_summary import SUMMARY_METRICS, finished_grid_trials, summary_figure, summary_rows, write_figure
+from dropout_lab.sweep_summary import (
+    SUMMARY_METRICS,
+    finished_grid_trials,
+    seeds,
+    summary_figure,
+    summary_rows,
+    write_figure,
+)
 from dropout_lab.tuning import TuneCLI, tune
 
 pytestmark = pytest.mark.filterwarnings("ignore:LightningCLI's args parameter")
@@ -29,6 +36,7 @@ def made_up_grid(storage: str | None = None) -> tuple[optuna.Study, dict]:
     distributions = {
         "model.dropout": optuna.distributions.CategoricalDistribution(DROPOUTS),
         "model.lr": optuna.distributions.CategoricalDistribution(LRS),
+        # A list of values, as tune.py stored the seeds before a grid could grow by seeds: it still summarizes.
         "seed_everything": optuna.distributions.CategoricalDistribution((0, 1, 2)),
     }
     rng = random.Random(0)
@@ -74,7 +82,8 @@ def test_summary_only_writes_the_mean_and_std_over_seeds_of_every_grid_point(tmp
                 assert row[f"{metric}_std"] == ""  # no spread from one seed
     out = capsys.readouterr().out
     first = values[(0.5, 0.01)]["test/acc"]
-    assert f"{statistics.fmean(first):.4f} ± {statistics.stdev(first):.4f}" in out  # the printed table
+    error = statistics.stdev(first) / math.sqrt(len(first))  # as the figure draws it
+    assert f"{statistics.fmean(first):.4f} ± {error:.4f}" in out and "mean ± 1 standard error" in out
     assert (tmp_path / "tune" / "summary.png").exists()
 
 
@@ -114,3 +123,28 @@ def test_the_error_bars_are_one_standard_error_over_the_seeds():
         half_lengths = [abs(top[1] - bottom[1]) / 2 for bottom, top in bars.get_segments()]
         seeds = [values[(dropout, 0.01)][metric] for dropout in sorted(DROPOUTS)]
         assert half_lengths == pytest.approx([statistics.stdev(v) / math.sqrt(len(v)) for v in seeds])
+
+
+def grid_trial(dropout: float, seed: int, attrs: dict) -> optuna.trial.FrozenTrial:
+    return optuna.trial.create_trial(
+        value=0.5,
+        params={"model.dropout": dropout, "seed_everything": seed},
+        distributions={
+            "model.dropout": optuna.distributions.CategoricalDistribution((0, 0.5)),
+            "seed_everything": optuna.distributions.IntDistribution(0, 1),
+        },
+        user_attrs=attrs,
+    )
+
+
+def test_two_seeds_give_a_standard_deviation():
+    trials = [grid_trial(0.5, seed, {"test/acc": acc}) for seed, acc in ((0, 0.8), (1, 0.9))]
+    _, (row,) = summary_rows(trials)
+    assert row["test/acc_std"] == pytest.approx(statistics.stdev([0.8, 0.9]))
+
+
+def test_the_seeds_of_a_point_are_those_of_its_most_complete_metric():
+    # A metric that a trial did not store (a run without a test set, an older study) does not make it 0 seeds.
+    trials = [grid_trial(0.5, seed, {"test/acc": 0.8}) for seed in (0, 1)]
+    _, (row,) = summary_rows(trials)
+    assert row["gap/loss_count"] == 0 and seeds(row) == 2

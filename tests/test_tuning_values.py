@@ -6,6 +6,7 @@ import pytest
 import torch
 from conftest import read_events, scalars
 
+from dropout_lab import tuning
 from dropout_lab.tuning import SpaceError, TuneCLI, parse_entry, parse_space, tune
 
 pytestmark = pytest.mark.filterwarnings("ignore:LightningCLI's args parameter")
@@ -83,3 +84,19 @@ def test_a_trial_reports_its_best_epoch_in_the_direction_of_the_metric(tmp_path,
 )
 def test_the_default_space_is_the_models_dropout_rates_not_its_learn_dropout_switch(model, keys):
     assert [param.key for param in parse_space(None, model)] == keys
+
+
+def test_the_default_space_of_a_learned_rate_starts_strictly_between_0_and_1():
+    assert [(p.low, p.high) for p in parse_space(None, "dropout_lab.MLPClassifier", learn_dropout=True)] == [
+        (0.05, 0.8)
+    ] * 2
+
+
+def test_learn_dropout_with_the_default_space_passes_every_check_before_the_study(tmp_path, monkeypatch, capsys):
+    def stop_at_the_study(*args):
+        raise SpaceError("stopped where the study opens")
+
+    monkeypatch.setattr(tuning, "open_study", stop_at_the_study)
+    with pytest.raises(SystemExit):
+        tune(TuneCLI(["--model.learn_dropout=true", f"--trainer.default_root_dir={tmp_path}"]))
+    assert capsys.readouterr().err == "error: stopped where the study opens\n"

@@ -47,11 +47,8 @@ def summary_rows(trials: list[optuna.trial.FrozenTrial]) -> tuple[list[str], lis
     """The grid's keys (without the seed), and one row per point in the grid's order: the keys' values, then
     ``<metric>_mean``, ``_std`` (over two seeds or more, else NaN) and ``_count`` of every metric, and of every
     learned rate (``p/<layer>``) if the trials learned them."""
-    keys = [key for key in trials[0].params if key != SEED]
+    keys, points = by_point(trials)
     metrics = [*SUMMARY_METRICS, *learned_rates(trials)]
-    points: dict[tuple, list[optuna.trial.FrozenTrial]] = {}
-    for trial in trials:
-        points.setdefault(tuple(trial.params.get(key) for key in keys), []).append(trial)
     rows = []
     for point in sorted(points, key=lambda point: grid_order(trials[0], keys, point)):
         row = dict(zip(keys, point, strict=True))
@@ -67,6 +64,24 @@ def summary_rows(trials: list[optuna.trial.FrozenTrial]) -> tuple[list[str], lis
 def learned_rates(trials: list[optuna.trial.FrozenTrial]) -> list[str]:
     """The ``p/<layer>`` names the trials stored, in their layers' order."""
     return list(dict.fromkeys(name for trial in trials for name in trial.user_attrs if name.startswith(RATE)))
+
+
+def by_point(trials: list[optuna.trial.FrozenTrial]) -> tuple[list[str], dict[tuple, list]]:
+    """The grid's keys (without the seed), and the trials of each point: its values of those keys."""
+    keys = [key for key in trials[0].params if key != SEED]
+    points: dict[tuple, list[optuna.trial.FrozenTrial]] = {}
+    for trial in trials:
+        points.setdefault(tuple(trial.params.get(key) for key in keys), []).append(trial)
+    return keys, points
+
+
+def best_point(trials: list[optuna.trial.FrozenTrial], maximize: bool) -> tuple[dict, list[optuna.trial.FrozenTrial]]:
+    """The grid point whose trials' values (the tuned metric) have the best mean over the seeds, and its trials:
+    the best single trial is often one lucky seed."""
+    keys, points = by_point(trials)
+    pick = max if maximize else min
+    best = pick(points, key=lambda point: statistics.fmean(trial.value for trial in points[point]))
+    return dict(zip(keys, best, strict=True)), points[best]
 
 
 def grid_order(trial: optuna.trial.FrozenTrial, keys: list[str], point: tuple) -> tuple:
@@ -100,21 +115,26 @@ def partial_path(path: Path) -> Path:
 
 
 def format_table(keys: list[str], rows: list[dict]) -> str:
-    """The rows as text: the keys, the number of seeds, then mean ± std of every metric (and learned rate)."""
+    """The rows as text: the keys, the number of seeds, then mean ± 1 standard error of every metric (and learned
+    rate), as the figure draws them (summary.csv has the standard deviation)."""
     metrics = [name.removesuffix("_mean") for name in rows[0] if name.endswith("_mean")]
     header = [*keys, "seeds", *metrics]
     lines = [header] + [
-        [*(str(row[key]) for key in keys), str(seeds(row)), *(mean_std(row, m) for m in metrics)] for row in rows
+        [*(str(row[key]) for key in keys), str(seeds(row)), *(mean_error(row, m) for m in metrics)] for row in rows
     ]
     widths = [max(len(line[column]) for line in lines) for column in range(len(header))]
     return "\n".join("  ".join(cell.rjust(width) for cell, width in zip(line, widths, strict=True)) for line in lines)
 
 
-def mean_std(row: dict, metric: str) -> str:
-    mean, std = row[f"{metric}_mean"], row[f"{metric}_std"]
+def mean_error(row: dict, metric: str) -> str:
+    return mean_and_error(row[f"{metric}_mean"], row[f"{metric}_std"], row[f"{metric}_count"])
+
+
+def mean_and_error(mean: float, std: float, count: int) -> str:
+    """``mean ± 1 standard error``; the mean alone where there is no spread (one seed)."""
     if math.isnan(mean):
         return "-"
-    return f"{mean:.4f}" if math.isnan(std) else f"{mean:.4f} ± {std:.4f}"
+    return f"{mean:.4f}" if math.isnan(std) else f"{mean:.4f} ± {std / math.sqrt(count):.4f}"
 
 
 def summary_figure(keys: list[str], rows: list[dict], title: str):

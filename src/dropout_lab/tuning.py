@@ -20,12 +20,16 @@ What this file gives, and why each part exists:
   their final values into summary.csv and summary.png.
 """
 
+import contextlib
 import difflib
 import inspect
+import io
 import itertools
 import math
 import os
 import socket
+import statistics
+import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -182,6 +186,14 @@ class Param:
             return trial.suggest_int(self.key, self.low, self.high)
         return trial.suggest_float(self.key, self.low, self.high, log=self.kind == "log")
 
+    def distribution(self) -> optuna.distributions.BaseDistribution:
+        """What a trial of this parameter records in the study (Optuna compares it with the study's own)."""
+        if self.kind == "categorical":
+            return optuna.distributions.CategoricalDistribution(self.choices)
+        if self.kind == "int":
+            return optuna.distributions.IntDistribution(self.low, self.high)
+        return optuna.distributions.FloatDistribution(self.low, self.high, log=self.kind == "log")
+
     def corners(self) -> list[object]:
         """Values that cover every type the flag must accept."""
         return list(self.choices) if self.kind == "categorical" else [self.low, self.high]
@@ -191,11 +203,12 @@ class SpaceError(ValueError):
     pass
 
 
-def parse_space(entries: list[str] | None, model_class_path: str) -> list[Param]:
+def parse_space(entries: list[str] | None, model_class_path: str, learn_dropout: bool = False) -> list[Param]:
     if not entries:  # the model's dropout rates: float arguments named *dropout, not the learn_dropout switch
         parameters = inspect.signature(import_class(model_class_path)).parameters
         names = [name for name, p in parameters.items() if name.endswith("dropout") and p.annotation is float]
-        entries = [f"model.{name}=float:0.0:0.8" for name in names]
+        low = 0.05 if learn_dropout else 0.0  # a learned rate starts strictly between 0 and 1
+        entries = [f"model.{name}=float:{low}:0.8" for name in names]
     space = [parse_entry(entry) for entry in entries]
     keys = [param.key for param in space]
     if duplicates := sorted({key for key in keys if keys.count(key) > 1}):
@@ -232,7 +245,11 @@ def parse_entry(entry: str) -> Param:
 
 
 def grid_space(space: list[Param], repeats: int) -> list[Param]:
-    """The grid: every parameter as its list of values, then the seeds 0 to ``repeats`` - 1."""
+    """The grid: every parameter as its list of values, then the seeds 0 to ``repeats`` - 1.
+
+    The seeds are an int range, not a list: Optuna refuses a categorical parameter whose choices change, and
+    a finished grid run again with a larger --tune.repeats adds the new seeds to its study.
+    """
     grid = []
     for param in space:
         if param.key == sweep_summary.SEED:
@@ -244,7 +261,7 @@ def grid_space(space: list[Param], repeats: int) -> list[Param]:
             )
         values = param.choices if param.kind == "categorical" else range(int(param.low), int(param.high) + 1)
         grid.append(Param(param.key, "categorical", choices=tuple(dict.fromkeys(values))))
-    return [*grid, Param(sweep_summary.SEED, "categorical", choices=tuple(range(repeats)))]
+    return [*grid, Param(sweep_summary.SEED, "int", 0, repeats - 1)]
 
 
 def grid_points(grid: list[Param]) -> list[dict]:
@@ -252,7 +269,7 @@ def grid_points(grid: list[Param]) -> list[dict]:
     *params, seeds = grid
     return [
         {**dict(zip([p.key for p in params], values, strict=True)), seeds.key: seed}
-        for seed in seeds.choices
+        for seed in range(seeds.low, seeds.high + 1)
         for values in itertools.product(*(p.choices for p in params))
     ]
 
@@ -275,14 +292,30 @@ def check_keys(cli: TuneCLI, base: str, space: list[Param]) -> None:
             cli.parser.parse_args(["--config", base, f"--{param.key}={flag_value(value)}"])
 
 
-def check_a_trial_builds(base: dict, space: list[Param]) -> None:
-    """Build the classes of one trial (every parameter at its first corner), as train.py would, and train nothing.
+def check_trials_build(base: dict, space: list[Param]) -> None:
+    """Build the classes of a trial, as train.py would, and train nothing: with every parameter at its first
+    corner, then with each parameter at each of its other corners (both ends of a range, every listed value).
 
     A refusal that parsing cannot see, raised when the model or trainer is built (a dropout_cutoff_epoch beyond
-    max_epochs, a schedule with learn_dropout, ...), stops here with train.py's one line, before the storage is
-    opened: not in every trial, each of which would count as failed towards --tune.n_trials.
+    max_epochs, a learned rate started at 0, ...), stops here in one line that names the trial's flags, before
+    the storage is opened: not in the trials, each of which would count as failed towards --tune.n_trials.
     """
-    trial_cli(base, [f"--{param.key}={flag_value(param.corners()[0])}" for param in space])
+    first = {param.key: param.corners()[0] for param in space}
+    for change in [{}, *({param.key: value} for param in space for value in param.corners()[1:])]:
+        flags = {key: f"--{key}={flag_value(value)}" for key, value in (first | change).items()}
+        said = io.StringIO()
+        try:
+            with contextlib.redirect_stderr(said):  # train.py's "error: ..." line, to add which trial it is
+                trial_cli(base, list(flags.values()))
+        except SystemExit:
+            message = said.getvalue().strip().splitlines()[-1].removeprefix("error: ")
+            if not change:  # maybe the command itself, whatever the trial's values
+                trial = " ".join(flags.values())
+                raise SpaceError(f"train.py refuses this command's trials (the first: {trial}): {message}") from None
+            raise SpaceError(
+                f"--tune.params: train.py refuses a trial with {flags[next(iter(change))]}: {message}"
+            ) from None
+        sys.stderr.write(said.getvalue())
 
 
 def trial_cli(base: dict, flags: list[str]) -> DropoutLabCLI:
@@ -361,6 +394,45 @@ def open_existing_study(url: str, name: str) -> optuna.Study:
         return optuna.load_study(study_name=name, storage=url)
     except KeyError:
         raise SpaceError(f"no study {name!r} in {url}: give the --tune.study_name of the sweep.") from None
+
+
+def check_same_space(study: optuna.Study, space: list[Param]) -> None:
+    """Refuse, before any trial, a space that the study's trials did not run: a parameter with other values
+    or of another type (Optuna would refuse it at the first trial, which would stay in the study), or a grid
+    over other keys. A range may change (a search), and a grid's seeds may grow (--tune.repeats)."""
+    wanted = {param.key: param for param in space}
+    for trial in study.get_trials(deepcopy=False):
+        point = trial.user_attrs.get("point")
+        if point and set(point) != set(wanted):
+            raise SpaceError(
+                f"--tune.params names {', '.join(sorted(set(wanted) - {sweep_summary.SEED}))}, and study "
+                f"{study.study_name!r} is a grid over {', '.join(sorted(set(point) - {sweep_summary.SEED}))}: "
+                "give the study's own --tune.params, or another --tune.study_name."
+            )
+        for key, held in trial.distributions.items():
+            if key not in wanted:
+                continue
+            try:
+                optuna.distributions.check_distribution_compatibility(held, wanted[key].distribution())
+            except ValueError:
+                if key == sweep_summary.SEED:  # a study from before a grid could grow by seeds
+                    raise SpaceError(
+                        f"study {study.study_name!r} holds its seeds as a list of values, which cannot grow: "
+                        "--tune.summary_only=true still summarizes it; run this grid under another --tune.study_name."
+                    ) from None
+                raise SpaceError(
+                    f"--tune.params gives {key} {spec(wanted[key].distribution())}, and study {study.study_name!r} "
+                    f"ran it as {spec(held)}: only the seeds of a grid (--tune.repeats) may change in a study; give "
+                    "the study's own values, or another --tune.study_name."
+                ) from None
+
+
+def spec(distribution: optuna.distributions.BaseDistribution) -> str:
+    """A distribution as a --tune.params entry writes it: categorical:0:0.5, float:0.0:0.8, ..."""
+    if isinstance(distribution, optuna.distributions.CategoricalDistribution):
+        return ":".join(["categorical", *(flag_value(choice) for choice in distribution.choices)])
+    kind = "int" if isinstance(distribution, optuna.distributions.IntDistribution) else "float"
+    return f"{'log' if distribution.log else kind}:{distribution.low}:{distribution.high}"
 
 
 def create_or_join(
@@ -492,9 +564,8 @@ def objective(
     if points is not None and claim_point(trial, points) is None:
         trial.set_user_attr("skipped", "every grid point is held by another trial")
         raise GridTaken(trial.user_attrs["skipped"])
-    base["trainer"]["logger"]["init_args"]["version"] = trial.number
     try:
-        flags = [f"--{param.key}={flag_value(param.suggest(trial))}" for param in space]
+        values = {param.key: param.suggest(trial) for param in space}
     except ValueError as error:  # Optuna refuses other choices for a parameter the study already has
         trial.set_user_attr(
             "fail_reason",
@@ -503,6 +574,9 @@ def objective(
         )
         trial.set_user_attr("stop_search", True)
         raise
+    flags = [f"--{key}={flag_value(value)}" for key, value in values.items()]
+    logger = base["trainer"]["logger"]["init_args"]
+    logger["version"] = run_name(trial, values, Path(logger["save_dir"]) / logger["name"])
     print(f"\nTrial {trial.number}: {' '.join(flags)}")
     try:
         cli = trial_cli(base, flags)
@@ -538,6 +612,24 @@ def objective(
         trial.set_user_attr("epochs", trainer.fit_loop.epoch_progress.current.started)
         write_hparams(trainer, cli.model, {"tune/trial": trial.number, "tune/state": state})
     return report.best
+
+
+def run_name(trial: optuna.Trial, values: dict, runs: Path) -> str:
+    """The trial's TensorBoard run, named by its point (``dropout=0.5,seed=1``) so that every chart's legend
+    says what each line is; ``,trial=N`` is added where that run exists already (the point of a trial that was
+    killed, run again; a search that drew the same values twice)."""
+    names = [label(key, value) for key, value in values.items()]
+    name = ",".join(names)
+    taken = {t.user_attrs.get("run") for t in trial.study.get_trials(deepcopy=False) if t.number != trial.number}
+    if not name or (runs / name).exists() or str(runs / name) in taken:
+        name = ",".join([*names, f"trial={trial.number}"])
+    return name.replace(os.sep, "-")  # a value with a slash would make a folder of its own
+
+
+def label(key: str, value: object) -> str:
+    """``dropout=0.5`` for model.dropout, ``seed=1`` for seed_everything: short enough for a chart's legend."""
+    name = "seed" if key == sweep_summary.SEED else key.rpartition(".")[2]
+    return f"{name}={value:.4g}" if isinstance(value, float) else f"{name}={flag_value(value)}"
 
 
 def write_hparams(trainer: L.Trainer, model: L.LightningModule, tune_params: dict) -> None:
@@ -639,17 +731,19 @@ def tune(cli: TuneCLI) -> None:
             raise SpaceError(
                 "--tune.sampler=grid runs listed values: --tune.params='[model.dropout=categorical:0:0.5]'."
             )
-        space = parse_space(options.params, user["model"]["class_path"])
+        learn_dropout = user["model"].get("init_args", {}).get("learn_dropout", False)
+        space = parse_space(options.params, user["model"]["class_path"], learn_dropout)
         if grid:
             space = grid_space(space, options.repeats)
         check_keys(cli, yaml.safe_dump(user), space)
-        check_a_trial_builds(trial_config(user, root, options.study_name), space)
+        check_trials_build(trial_config(user, root, options.study_name), space)
         direction = metric_direction(options.metric, options.direction, user["model"]["class_path"])
         maximize = direction == "maximize"
         if grid and options.pruner == "median":
             print("--tune.pruner=median is left out: a grid runs every point to the end, so that its seeds compare.")
         pruner = "none" if grid else options.pruner or "median"
         study = open_study(url, options.study_name, direction, pruner, options.sampler)
+        check_same_space(study, space)
     except SpaceError as error:
         cli.parser.exit(2, f"error: {error}\n")
     base = trial_config(user, root, options.study_name)
@@ -695,7 +789,7 @@ def write_summary(study: optuna.Study, root: Path, refuse_empty: bool = False) -
     sweep_summary.write_csv(keys, rows, folder / "summary.csv")
     figure = sweep_summary.summary_figure(keys, rows, f"study {study.study_name!r}")
     png = sweep_summary.write_figure(figure, folder, step=len(trials))
-    print(f"\nOver seeds (mean ± standard deviation), {len(trials)} finished trials:")
+    print(f"\nOver seeds (mean ± 1 standard error, as in summary.png), {len(trials)} finished trials:")
     print(sweep_summary.format_table(keys, rows))
     print(f"Table: {folder / 'summary.csv'}\nFigure: {png} (and in TensorBoard: tensorboard --logdir {folder})")
 
@@ -753,23 +847,47 @@ def summarize(cli: TuneCLI, study: optuna.Study, user: dict, root: Path, metric:
     if not completed:
         print("No trial has completed yet: no best config.")
         return
-    best = study.best_trial
-    flags = [f"--{key}={flag_value(value)}" for key, value in best.params.items()]
-    # Its run goes beside the trials (STUDY/best/version_N), so the same tensorboard --logdir shows it.
-    reproduce = trial_config(user, root, f"{study.study_name}/best")
-    reproduce["trainer"]["logger"]["init_args"]["version"] = None
+    if study.user_attrs.get("sampler") == "grid":
+        # The point with the best mean over its seeds, run with the user's own seed: not one lucky seed.
+        point, members = sweep_summary.best_point(completed, study.direction.name == "MAXIMIZE")
+        flags = [f"--{key}={flag_value(value)}" for key, value in point.items()]
+        values = [trial.value for trial in members]
+        spread = sweep_summary.mean_and_error(
+            statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else math.nan, len(values)
+        )
+        best = (
+            f"mean {metric} over {len(values)} seeds {spread} (mean ± 1 standard error; trials "
+            f"{', '.join(str(trial.number) for trial in members)})"
+        )
+        said = [
+            f"# Best grid point of study {study.study_name!r}: the best {best}.",
+            f"# seed_everything is this command's ({user['seed_everything']}), not one of the grid's seeds.",
+        ]
+    else:
+        trial = study.best_trial
+        flags = [f"--{key}={flag_value(value)}" for key, value in trial.params.items()]
+        best = f"trial {trial.number}, {metric}={trial.value:.4f}"
+        run = trial.user_attrs.get("run", "no run folder")
+        said = [f"# Best trial {trial.number} of study {study.study_name!r}: {metric}={trial.value:.4f} ({run})."]
+    # Its run goes beside the trials (STUDY/best/version_N), so the same tensorboard --logdir shows it; the
+    # logger's save_dir follows trainer.default_root_dir, so that a user's --trainer.default_root_dir wins.
+    reproduce = trial_config(user, root, "best")
+    reproduce["trainer"]["default_root_dir"] = str(folder)
+    reproduce["trainer"]["logger"]["init_args"] |= {"save_dir": DEFAULT_ROOT_DIR, "version": None}
     config = cli.parser.parse_args(["--config", yaml.safe_dump(reproduce), *flags])
     config.pop("tune")
     path = folder / "best_config.yaml"
-    header = (
-        f"# Best trial {best.number} of study {study.study_name!r}: {metric}={best.value:.4f} "
-        f"({best.user_attrs.get('run', 'no run folder')}).\n"
-        f"# Reproduce it: python train.py --config {path}   (its run goes to {folder / 'best'}/version_N)\n"
+    header = "\n".join(
+        [
+            *said,
+            f"# Reproduce it: python train.py --config {path}   (its run goes to {folder / 'best'}/version_N;",
+            "# with --trainer.default_root_dir=DIR, to DIR/best/version_N)",
+        ]
     )
     folder.mkdir(parents=True, exist_ok=True)
     partial = sweep_summary.partial_path(path)
-    partial.write_text(header + cli.parser.dump(config, skip_none=False))
+    partial.write_text(header + "\n" + cli.parser.dump(config, skip_none=False))
     partial.replace(path)  # atomic: two workers may write it at once
-    print(f"\nBest: trial {best.number}, {metric}={best.value:.4f}, {' '.join(flags)}")
+    print(f"\nBest: {best}, {' '.join(flags)}")
     print(f"Its config: {path}\nReproduce it: python train.py --config {path}   (run: {folder / 'best'}/version_N)")
     print(f"Compare the trials and the reproduced run in TensorBoard: tensorboard --logdir {folder}")
