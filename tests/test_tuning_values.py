@@ -66,7 +66,7 @@ def test_a_trial_reports_its_best_epoch_in_the_direction_of_the_metric(tmp_path,
 
     study = optuna.load_study(study_name="tune", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
     (trial,) = study.trials
-    values = [value for _, value in scalars(read_events(tmp_path / "tune" / "version_0"), metric)]
+    values = [value for _, value in scalars(read_events(trial.user_attrs["run"]), metric)]
     first, last = values  # one value per epoch; the second is the worse
     best = max(values) if metric == "val/acc" else min(values)
     assert best == first != pytest.approx(last, abs=1e-3)
