@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import lightning as L
 
@@ -126,3 +127,22 @@ class KillAtStep(L.Callback):
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
         if trainer.global_step == self.step:
             kill_this_process()
+
+
+class WaitForRun(L.Callback):
+    """Hold the run logged as ``version_<version>`` (a tune.py trial) at its start until the run ``version_<other>``
+    of the same experiment exists: another worker has started that trial. Two workers then both run trials,
+    whichever of them starts first or runs faster."""
+
+    def __init__(self, version: int = 0, other: int = 1, timeout: float = 120) -> None:
+        self.version, self.other, self.timeout = version, other, timeout
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.logger is None or trainer.logger.version != self.version:
+            return
+        other = Path(trainer.logger.root_dir) / f"version_{self.other}"
+        deadline = time.monotonic() + self.timeout
+        while not other.exists():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no other worker started {other} within {self.timeout} s")
+            time.sleep(0.1)

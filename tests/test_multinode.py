@@ -12,12 +12,15 @@ import sys
 import time
 from pathlib import Path
 
+import optuna
 import pytest
 import torch
 from conftest import QUICK, ROOT, only_run_dir, read_events, run_train, scalars
 from test_gap import COMPARED, SAME_WEIGHTS
+from test_tune import GRID, POINTS, TINY
 
 from dropout_lab.checkpointing import safe_load
+from dropout_lab.study_storage import open_storage
 
 pytestmark = pytest.mark.slow
 
@@ -238,6 +241,57 @@ def test_sbatch_runs_two_tasks_and_a_requeued_job_continues_the_run(tmp_path, sl
     run_dir = only_run_dir(tmp_path / "runs")
     assert safe_load(run_dir / "checkpoints" / "last.ckpt")["epoch"] == 2
     assert_same_values_and_distinct_masks(run_dir, one_process, tmp_path / "probe")
+
+
+def test_a_job_array_of_tune_workers_runs_every_grid_point_and_seed_once(tmp_path, slurm_cluster):
+    journal = tmp_path / "shared" / "optuna.log"  # TUNE_STORAGE: the no-server storage of a shared filesystem
+    submitted = subprocess.run(
+        [
+            "sbatch",
+            "--parsable",
+            "--array=0-1",
+            f"--output={tmp_path / 'slurm-%A_%a.out'}",
+            "scripts/slurm/tune.sbatch",
+            *TINY,
+            *GRID,
+            "--tune.repeats=2",
+            f"--trainer.default_root_dir={tmp_path / 'runs'}",
+            # Trial 0 trains only once trial 1's run exists: both tasks run trials, whichever starts first.
+            "--trainer.callbacks+=tests.crash_callbacks.WaitForRun",
+        ],
+        cwd=ROOT,
+        env={**slurm_cluster, "TUNE_STORAGE": str(journal)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = submitted.stdout.strip().split(";")[0]
+    deadline = time.monotonic() + 300
+    try:
+        while tasks := array_tasks(job_id, slurm_cluster):
+            if all(task["JobState"] in ("COMPLETED", "FAILED", "CANCELLED") for task in tasks):
+                break
+            assert time.monotonic() < deadline, f"job array {job_id} not finished after 300 s: {tasks}"
+            time.sleep(1)
+    finally:
+        subprocess.run(["scancel", job_id], env=slurm_cluster, timeout=30)
+    outputs = [path.read_text() for path in sorted(tmp_path.glob(f"slurm-{job_id}_*.out"))]
+    assert [(task["JobState"], task["ExitCode"]) for task in tasks] == [("COMPLETED", "0:0")] * 2, outputs
+
+    study = optuna.load_study(study_name="tune", storage=open_storage(str(journal), 10))
+    completed = [trial for trial in study.trials if trial.state == optuna.trial.TrialState.COMPLETE]
+    assert sorted((t.params for t in completed), key=POINTS.index) == POINTS  # every point and seed, none twice
+    assert len({trial.user_attrs["worker"] for trial in completed}) == 2  # one worker per array task
+    assert all("Grid: 2 points × 2 seeds = 4 trials." in output for output in outputs)
+
+
+def array_tasks(job_id: str, env: dict) -> list[dict[str, str]]:
+    """Each task of a job array as scontrol shows it (one line each with -o)."""
+    shown = subprocess.run(
+        ["scontrol", "-o", "show", "job", job_id], env=env, capture_output=True, text=True, timeout=30
+    )
+    return [dict(field.split("=", 1) for field in line.split() if "=" in field) for line in shown.stdout.splitlines()]
 
 
 @pytest.mark.skipif(no_local_slurm() is None, reason="SLURM runs here: the sbatch test above covers it")

@@ -31,6 +31,8 @@ fi
 ctld_port=${3:-16817}
 slurmd_port=${4:-16818}
 node=$(hostname -s)
+# nproc answers OMP_NUM_THREADS when it is set: OMP_NUM_THREADS=1 gave the node 1 CPU, so one job ran at a time
+cpus=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)
 mkdir -p "$dir/state" "$dir/spool"
 mkdir -p -m 700 "$dir/private"
 [[ -f $dir/private/munge.key ]] || (umask 077 && head -c 1024 /dev/urandom > "$dir/private/munge.key")
@@ -62,7 +64,7 @@ SlurmctldLogFile=$dir/slurmctld.log
 SlurmdLogFile=$dir/slurmd.log
 SlurmctldPort=$ctld_port
 SlurmdPort=$slurmd_port
-NodeName=$node NodeAddr=127.0.0.1 CPUs=$(nproc) State=UNKNOWN
+NodeName=$node NodeAddr=127.0.0.1 CPUs=$cpus State=UNKNOWN
 PartitionName=local Nodes=$node Default=YES MaxTime=INFINITE State=UP
 CONF
 

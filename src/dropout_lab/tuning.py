@@ -46,6 +46,15 @@ from lightning.pytorch.cli import LightningArgumentParser
 from dropout_lab import sweep_summary
 from dropout_lab.callbacks import TensorBoardLayout, add_hparams_summary, hparam_metrics, hparams_table
 from dropout_lab.cli import DEFAULT_ROOT_DIR, DropoutLabCLI, run_test
+from dropout_lab.study_storage import (
+    StorageError,
+    cannot_open,
+    journal_file,
+    open_storage,
+    shown,
+    sqlite_file,
+    storage_url,
+)
 from dropout_lab.suggestions import import_class
 
 TYPES = ("float", "log", "int", "categorical")
@@ -333,14 +342,6 @@ def flag_value(value: object) -> str:
     )
 
 
-def storage_url(storage: str | None, root: Path) -> str:
-    if storage is None:
-        storage = str(root / "optuna.db")
-    if "://" in storage:
-        return storage
-    return f"sqlite:///{Path(storage).resolve()}"
-
-
 def metric_direction(metric: str, direction: str | None, model_class_path: str) -> str:
     """--tune.direction, or the metric's own; a name this package's classifiers do not log is refused here,
     not after a whole trial (a model from elsewhere may log others: those are checked at its first validation)."""
@@ -354,33 +355,24 @@ def metric_direction(metric: str, direction: str | None, model_class_path: str) 
     return direction or known or ("maximize" if metric.endswith("acc") else "minimize")
 
 
-def sqlite_file(url: str) -> Path | None:
-    """The file of a ``sqlite:///`` storage URL; None for any other database."""
-    return Path(url.removeprefix("sqlite:///")) if url.startswith("sqlite:///") else None
-
-
 def open_study(url: str, name: str, direction: str, pruner: str, sampler: str) -> optuna.Study:
     try:
-        if sqlite_file(url):
-            sqlite_file(url).parent.mkdir(parents=True, exist_ok=True)
         study = create_or_join(url, name, direction, pruner, ClaimedPoint() if sampler == "grid" else None)
-    except (OSError, sqlalchemy.exc.SQLAlchemyError) as error:
-        raise SpaceError(
-            f"cannot open the study storage {url}: {getattr(error, 'orig', None) or error}. "
-            "Give --tune.storage a writable SQLite file or a database URL this machine can reach."
-        ) from error
+    except StorageError as error:
+        raise SpaceError(str(error)) from error
     # Optuna keeps an existing study's direction whatever create_study is told.
     if study.direction.name.lower() != direction:
         created = study.direction.name.lower()
         raise SpaceError(
-            f"study {name!r} in {url} was created to {created} its metric, and this run would {direction} it. "
-            f"Use another --tune.study_name, or that study's metric (and --tune.direction={created})."
+            f"study {name!r} in {shown(url)} was created to {created} its metric, and this run would {direction} "
+            f"it. Use another --tune.study_name, or that study's metric (and --tune.direction={created})."
         )
     # A grid trial waits for the earlier trials to claim their points (claim_point): a search's never do.
     kind = study.user_attrs.get("sampler", "tpe" if study.get_trials(deepcopy=False) else None)
     if kind not in (None, sampler):
         raise SpaceError(
-            f"study {name!r} in {url} is a {kind} study: give --tune.sampler={sampler} its own --tune.study_name."
+            f"study {name!r} in {shown(url)} is a {kind} study: give --tune.sampler={sampler} its own "
+            "--tune.study_name."
         )
     study.set_user_attr("sampler", sampler)
     return study
@@ -388,12 +380,14 @@ def open_study(url: str, name: str, direction: str, pruner: str, sampler: str) -
 
 def open_existing_study(url: str, name: str) -> optuna.Study:
     """The study, refused in one line if there is none (--tune.summary_only creates nothing)."""
-    if sqlite_file(url) and not sqlite_file(url).is_file():
-        raise SpaceError(f"no study storage at {sqlite_file(url)}: run the sweep first, or give --tune.storage.")
+    if (file := sqlite_file(url) or journal_file(url)) and not file.is_file():
+        raise SpaceError(f"no study storage at {file}: run the sweep first, or give --tune.storage.")
     try:
-        return optuna.load_study(study_name=name, storage=url)
+        return optuna.load_study(study_name=name, storage=open_storage(url, HEARTBEAT_S))
+    except StorageError as error:
+        raise SpaceError(str(error)) from error
     except KeyError:
-        raise SpaceError(f"no study {name!r} in {url}: give the --tune.study_name of the sweep.") from None
+        raise SpaceError(f"no study {name!r} in {shown(url)}: give the --tune.study_name of the sweep.") from None
 
 
 def check_same_space(study: optuna.Study, space: list[Param]) -> None:
@@ -440,24 +434,26 @@ def create_or_join(
 ) -> optuna.Study:
     for attempt in range(tries):
         try:
-            with warnings.catch_warnings():  # the heartbeat is "experimental" since Optuna 2.9
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                storage = optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_S)
             return optuna.create_study(
-                storage=storage,
+                storage=open_storage(url, HEARTBEAT_S),
                 study_name=name,
                 direction=direction,
                 pruner=optuna.pruners.MedianPruner() if pruner == "median" else optuna.pruners.NopPruner(),
                 sampler=sampler,  # None: Optuna's TPE
                 load_if_exists=True,  # a second worker, or a restart, joins the study
             )
-        except sqlalchemy.exc.SQLAlchemyError:
-            # Two workers started together on a new database both set it up; the slower one was seen to
-            # fail with "UNIQUE constraint failed: alembic_version.version_num". By the next try it is
-            # set up; a storage that is really broken fails every time.
-            if attempt == tries - 1:
-                raise
-            time.sleep(1)
+        except sqlalchemy.exc.SQLAlchemyError as error:
+            failed = cannot_open(url, error)
+        except StorageError as error:
+            if not isinstance(error.__cause__, sqlalchemy.exc.SQLAlchemyError):
+                raise  # a folder that cannot be written, a driver that is missing: no try would do better
+            failed = error
+        # Two workers started together on a new database both set it up; the slower one was seen to fail with
+        # "UNIQUE constraint failed: alembic_version.version_num". By the next try it is set up; a database
+        # that is really out of reach fails every time.
+        if attempt == tries - 1:
+            raise failed
+        time.sleep(1)
 
 
 class ReportToTrial(L.Callback):
