@@ -61,6 +61,8 @@ def test_unknown_class_lists_the_valid_ones_and_the_closest(tmp_path, capsys, ar
     [
         (["--model.dropuot=0.3"], "Unknown key '--model.dropuot': did you mean --model.dropout?"),
         (["--model.dropout=abc"], "--model.dropout: Expected a <class 'float'>. Got value: abc"),
+        (["--trainer.max_epochs=two"], "--trainer.max_epochs=two: expected int or null"),
+        (["--seed_everything=abc"], "--seed_everything=abc: expected bool or int"),
         (["tset", "--ckpt_path=x"], "Unknown subcommand 'tset': did you mean test?"),
     ],
 )
