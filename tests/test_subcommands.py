@@ -1,6 +1,7 @@
 """python train.py fit|validate|test|predict: model and data from the checkpoint, flags over them."""
 
 import csv
+import re
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,7 @@ from conftest import read_events, run_train
 from jsonargparse import Namespace
 
 from dropout_lab import MNIST5kDataModule
+from dropout_lab.callbacks import LAYOUT
 from dropout_lab.cli import DEFAULT_ROOT_DIR, DropoutLabCLI, runs_folder
 
 QUICK = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
@@ -61,7 +63,10 @@ def test_test_takes_the_cnn_from_the_checkpoint_and_logs_calibration_and_mc(tmp_
 def test_validate_runs_the_validation_loops_of_the_checkpoint(tmp_path, checkpoint):
     result = run_train("validate", f"--ckpt_path={checkpoint}", "--trainer.limit_val_batches=2", *QUICK, root=None)
     tags = set(read_events(evaluation_dir(result, "validate", checkpoint.parent.parent)).Tags()["scalars"])
-    assert {"val/acc", "train_eval/acc", "gap/loss", "gap/acc"} <= tags
+    assert {"validate-val/acc", "validate-train_eval/acc", "validate-gap/loss", "validate-gap/acc"} <= tags
+    # None of them is drawn in the training charts of Custom Scalars (which match each regex at a tag's start).
+    charts = [regex for category in LAYOUT.values() for _, regexes in category.values() for regex in regexes]
+    assert not [tag for tag in tags for regex in charts if re.match(regex, tag)]
     assert not any(tag.startswith("hp/") for tag in tags)  # no HParams session in an evaluation
 
 
@@ -135,7 +140,7 @@ def test_ckpt_path_last_looks_where_the_logger_of_the_flags_keeps_its_runs(tmp_p
     logger = ["--trainer.logger=TensorBoardLogger", f"--trainer.logger.save_dir={tmp_path / 'runs'}"]
     args = ["validate", "--ckpt_path=last", *logger, "--trainer.logger.name=digits", "--trainer.limit_val_batches=1"]
     run_train(*args, *QUICK, root=tmp_path)
-    assert "val/acc" in read_events(earlier.parent / "validate_0").Tags()["scalars"]
+    assert "validate-val/acc" in read_events(earlier.parent / "validate_0").Tags()["scalars"]
 
 
 def logger(class_name: str, **init_args) -> Namespace:

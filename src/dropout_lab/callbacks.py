@@ -34,7 +34,9 @@ LAYOUT = {
     "generalization": {
         "loss: train (eval mode) vs val": ["Multiline", ["train_eval/loss", "val/loss"]],
         "accuracy: train (eval mode) vs val": ["Multiline", ["train_eval/acc", "val/acc"]],
-        "gap": ["Multiline", ["gap/loss", "gap/acc"]],
+        # One chart each: the loss gap and the accuracy gap have different scales.
+        "gap/loss = val - train_eval": ["Multiline", ["gap/loss"]],
+        "gap/acc = train_eval - val": ["Multiline", ["gap/acc"]],
     },
     "training (dropout on)": {"loss and accuracy": ["Multiline", ["train/loss", "train/acc"]]},
     "dropout rates": {"p of every dropout layer": ["Multiline", [r"dropout/p/.*"]]},  # a regex: all layers
@@ -147,8 +149,8 @@ def hparams_table(model: L.LightningModule, datamodule: L.LightningDataModule | 
     """The run's settings for the HParams dashboard, the columns it shows first leading.
 
     First (shown without ticking, see ``HPARAMS_SHOWN``): the model class, its dropout rates (every number
-    whose name holds ``dropout``), learning rate and ``seed_everything``; then the data class, the other
-    dropout settings, the data's seeds, and the rest. LightningCLI's ``_class_path``/``_instantiator`` are
+    whose name ends in ``dropout``), ``learn_dropout`` and ``dropout_schedule``; then the learning rate,
+    ``seed_everything``, the data class, the other dropout settings, the data's seeds, and the rest. LightningCLI's ``_class_path``/``_instantiator`` are
     left out (the class is the ``model`` column); a key that model and data share is recorded as
     ``model.KEY`` and ``data.KEY``, as the flags name them.
     """
@@ -162,9 +164,10 @@ def hparams_table(model: L.LightningModule, datamodule: L.LightningDataModule | 
     data_params = {(f"data.{key}" if key in shared else key): value for key, value in data_params.items()}
     params = {
         "model": type(model).__name__,
-        # The rates (dropout, input_dropout, conv_dropout), not the settings about them (learn_dropout,
-        # dropout_cutoff_epoch, dropout_regularizer), which would push lr and the seed out of the shown columns.
+        # The rates (dropout, input_dropout, conv_dropout), then how they are used: fixed, learned or scheduled.
+        # Runs that differ in those would otherwise look the same; lr and the seed are one tick away.
         **{key: value for key, value in model_params.items() if key.endswith("dropout") and is_number(value)},
+        **{key: model_params[key] for key in ("learn_dropout", "dropout_schedule") if key in model_params},
         **{key: value for key, value in model_params.items() if key.endswith("lr")},
         "seed_everything": int(os.environ.get("PL_GLOBAL_SEED", -1)),
         "data": type(datamodule).__name__ if datamodule is not None else None,

@@ -324,6 +324,10 @@ class DropoutLabCLI(LightningCLI):
                 # save_dir/name/version is the log folder: a version with a slash puts it inside the run.
                 logger.init_args.save_dir, logger.init_args.name = str(logdir), ""
                 logger.init_args.version = str(self.evaluation_dir.relative_to(logdir))
+                if self.subcommand == "validate":
+                    # Its val/*, train_eval/* and gap/* would be the training charts' tags in another run (a
+                    # sub-folder is a run of its own to TensorBoard): Custom Scalars would draw stray points.
+                    logger.init_args.prefix = "validate"  # validate-val/acc, ...
 
     def after_instantiate_classes(self) -> None:
         if self.subcommand in EVALUATE:

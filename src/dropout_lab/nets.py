@@ -111,9 +111,14 @@ def conv_layers(in_channels: int, out_channels: int, batch_norm: bool) -> list[n
 
 
 def check_rates(rates: dict[str, float], learn: bool, temperature: float) -> None:
-    """Refuse, by the argument's name, a rate outside [0, 1], or one that cannot start a learned rate."""
+    """Refuse, by the argument's name, a rate outside [0, 1), or one that cannot start a learned rate."""
     for name, p in rates.items():
         check_start_p(p, name) if learn else check_p(p, name)
+        if p == 1:  # a valid layer, but in a network it passes nothing on: training at chance, without a word
+            raise ValueError(
+                f"{name}=1 drops every unit: the layers after it see only zeros and the model trains at chance. "
+                f"Use {name} below 1 (0.5 is the usual hidden-layer rate, 0 no dropout)."
+            )
     check_temperature(temperature, "concrete_temperature")
 
 
