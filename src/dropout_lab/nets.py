@@ -143,3 +143,27 @@ def concrete_dropout_and_next_layer(net: nn.Module) -> list[tuple[str, ConcreteD
             pairs.append((*waiting, module))
             waiting = None
     return pairs
+
+
+def dropout_roles(net: nn.Module) -> dict[str, str]:
+    """Each dropout layer's module name in ``net`` -> its role, the name TensorBoard's tags give it.
+
+    input, hidden1, hidden2, ... for an MLP; conv1, conv2, ..., head for a CNN (head2, ... if it has more).
+    Read from the order of ``net.modules()``, as concrete_dropout_and_next_layer does: a layer before any
+    Linear or Conv2d drops the input; a channel dropout follows a conv block; the others follow a hidden layer,
+    or, in a network with conv blocks, belong to the head.
+    """
+    roles, weights, convs, ones = {}, False, 0, 0
+    for name, module in net.named_modules():
+        if isinstance(module, (nn.Linear, nn.Conv2d)):
+            weights = True
+        elif isinstance(module, (CustomDropout2d, ConcreteDropout2d)):  # subclasses of the 1d ones: first
+            convs += 1
+            roles[name] = f"conv{convs}"
+        elif isinstance(module, (CustomDropout, ConcreteDropout)):
+            if not weights:
+                roles[name] = "input"
+                continue
+            ones += 1
+            roles[name] = (f"head{ones}" if ones > 1 else "head") if convs else f"hidden{ones}"
+    return roles
