@@ -74,7 +74,7 @@ def test_hparams_tab_shows_model_rates_learn_dropout_and_schedule_without_tickin
     session = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info.hparams
     assert {"data", "lr", "seed_everything", "seed", "batch_size", "hidden"} <= set(session)  # one tick away
     assert session["data"].string_value == "MNIST5kDataModule" and session["dropout"].number_value == 0.3
-    assert session["learn_dropout"].number_value == 1 and session["dropout_schedule"].string_value == "early"
+    assert session["learn_dropout"].string_value == "true" and session["dropout_schedule"].string_value == "early"
 
 
 def test_tensorboard_hparams_page_ticks_five_columns_marked_differs_first():

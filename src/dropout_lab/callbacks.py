@@ -131,7 +131,11 @@ def hparam_metrics(model: L.LightningModule) -> list[str]:
 
 def add_hparams_summary(writer: SummaryWriter, params: dict, metrics: Sequence[str] = HPARAM_METRICS) -> None:
     """Write the run's HParams summary, its first ``HPARAMS_SHOWN`` keys marked to be shown without ticking."""
-    params = {key: value if isinstance(value, (int, float, str, bool)) else str(value) for key, value in params.items()}
+    # A bool as the flags spell it: the summary would store it as the number 0 or 1.
+    params = {
+        key: str(v).lower() if isinstance(v, bool) else v if isinstance(v, (int, float, str)) else str(v)
+        for key, v in params.items()
+    }
     summaries = hparams(params, {tag: math.nan for tag in metrics})
     plugin_data = summaries[0].value[0].metadata.plugin_data  # the experiment: its hparam_infos and metric_infos
     content = plugin_data_pb2.HParamsPluginData.FromString(plugin_data.content)
