@@ -154,9 +154,9 @@ def hparams_table(model: L.LightningModule, datamodule: L.LightningDataModule | 
 
     First (shown without ticking, see ``HPARAMS_SHOWN``): the model class, its dropout rates (every number
     whose name ends in ``dropout``), ``learn_dropout`` and ``dropout_schedule``; then the learning rate,
-    ``seed_everything``, the data class, the other dropout settings, the data's seeds, and the rest. LightningCLI's ``_class_path``/``_instantiator`` are
-    left out (the class is the ``model`` column); a key that model and data share is recorded as
-    ``model.KEY`` and ``data.KEY``, as the flags name them.
+    ``seed_everything``, the data class, the other dropout settings, the data's seeds, and the rest.
+    LightningCLI's ``_class_path``/``_instantiator`` are left out (the class is the ``model`` column); a key
+    that model and data share is recorded as ``model.KEY`` and ``data.KEY``, as the flags name them.
     """
     model_params = {key: value for key, value in model.hparams.items() if not key.startswith("_")}
     for key in ("lr", "weight_decay", "cosine"):  # what the optimizer ran with, also for a model without them

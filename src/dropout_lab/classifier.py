@@ -165,7 +165,7 @@ class Classifier(L.LightningModule):
         self.log_dict(rates | learned, sync_dist=True)
 
     def learned_rates(self) -> dict[str, float]:
-        """The drop probability of each ConcreteDropout layer by its role (nets.dropout_roles); empty without learning."""
+        """The drop probability of each ConcreteDropout layer by its role (nets.dropout_roles); empty if none."""
         layers, roles = dropout_layers(self.net).items(), dropout_roles(self.net)
         return {roles[name]: layer.p.item() for name, layer in layers if isinstance(layer, ConcreteDropout)}
 
