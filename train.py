@@ -24,7 +24,7 @@ from dropout_lab.data.files import DatasetFilesError
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
 
 
-def main(args: list[str] | None = None) -> None:
+def main(args: list[str] | dict | None = None) -> None:
     try:
         train_or_evaluate(args)
     except DatasetFilesError as error:  # missing or corrupt dataset files: the message says what to do
@@ -32,9 +32,11 @@ def main(args: list[str] | None = None) -> None:
         sys.exit(2)
 
 
-def train_or_evaluate(args: list[str] | None) -> None:
+def train_or_evaluate(args: list[str] | dict | None) -> None:
     argv = sys.argv[1:] if args is None else args
-    if argv and argv[0] in SUBCOMMANDS:
+    # A dict (as LightningCLI takes it) names its subcommand under "subcommand".
+    subcommand = argv.get("subcommand") if isinstance(argv, dict) else argv[0] if argv else None
+    if subcommand in SUBCOMMANDS:
         cli = DropoutLabCLI(args, run=True)  # LightningCLI runs the subcommand
         trainer = cli.trainer
     else:

@@ -97,7 +97,7 @@ def main() -> None:
     save_reliability_diagram(runs, args.out / "reliability.png")
     with tensorboard(logs) as url:
         # Smoothing off (a setting TensorBoard reads from the address): 15 points a run, drawn as logged.
-        screenshot(chromium, f"{url}/#custom_scalars&_smoothingWeight=0", (1500, 450), args.out / "tensorboard_gap.png")
+        screenshot(chromium, f"{url}/#custom_scalars&_smoothingWeight=0", (1900, 450), args.out / "tensorboard_gap.png")
         screenshot(chromium, f"{url}/#hparams", (2100, 330), args.out / "tensorboard_hparams.png")
     if args.sweeps is not None:
         for study in ("mlp", "cnn"):

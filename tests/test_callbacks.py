@@ -63,17 +63,18 @@ def test_nan_guard_stops_at_a_nan_or_infinite_loss(loss):
     NaNGuard().on_train_batch_end(trainer, None, torch.tensor(2.3), None, 0)  # a finite loss goes on
 
 
-def test_hparams_tab_shows_model_dropout_rates_lr_and_seed_without_ticking(tmp_path):
+def test_hparams_tab_shows_model_rates_learn_dropout_and_schedule_without_ticking(tmp_path):
     model = MLPClassifier(dropout=0.3)
     model.hparams.update(learn_dropout=True, dropout_schedule="early")  # dropout settings that are not rates
     with SummaryWriter(tmp_path) as writer:
         add_hparams_summary(writer, hparams_table(model, MNIST5kDataModule()))
     events = read_events(tmp_path)
-    assert hparams_tab_columns(events) == ["dropout", "input_dropout", "lr", "model", "seed_everything"]
+    assert hparams_tab_columns(events) == ["dropout", "dropout_schedule", "input_dropout", "learn_dropout", "model"]
     content = events.PluginTagToContent("hparams")["_hparams_/session_start_info"]
     session = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info.hparams
-    assert {"data", "learn_dropout", "dropout_schedule", "seed", "batch_size", "hidden"} <= set(session)
+    assert {"data", "lr", "seed_everything", "seed", "batch_size", "hidden"} <= set(session)  # one tick away
     assert session["data"].string_value == "MNIST5kDataModule" and session["dropout"].number_value == 0.3
+    assert session["learn_dropout"].string_value == "true" and session["dropout_schedule"].string_value == "early"
 
 
 def test_tensorboard_hparams_page_ticks_five_columns_marked_differs_first():

@@ -61,6 +61,8 @@ def test_unknown_class_lists_the_valid_ones_and_the_closest(tmp_path, capsys, ar
     [
         (["--model.dropuot=0.3"], "Unknown key '--model.dropuot': did you mean --model.dropout?"),
         (["--model.dropout=abc"], "--model.dropout: Expected a <class 'float'>. Got value: abc"),
+        (["--trainer.max_epochs=two"], "--trainer.max_epochs=two: expected int or null"),
+        (["--seed_everything=abc"], "--seed_everything=abc: expected bool or int"),
         (["tset", "--ckpt_path=x"], "Unknown subcommand 'tset': did you mean test?"),
     ],
 )
@@ -82,6 +84,8 @@ def test_a_mistyped_flag_or_subcommand_gets_the_useful_line_alone(tmp_path, caps
         (["--data.test_size=5000"], "test_size=5000 cannot be held out of 5000 examples"),
         (["--data.test_size=4000", "--data.val_size=1000"], "val_size=1000 cannot be held out of 1000 examples"),
         (["--data=MNISTDataModule", "--data.val_size=60000"], "val_size=60000 cannot be held out of 60000"),
+        (["--model.dropout=1"], "dropout=1 drops every unit: the layers after it see only zeros"),
+        (["--model=CNNClassifier", "--model.conv_dropout=1.0"], "conv_dropout=1 drops every unit"),
     ],
 )
 def test_impossible_split_is_refused_before_any_folder_is_made(tmp_path, capsys, args, message):
@@ -96,7 +100,8 @@ def test_hparams_table_leads_with_what_runs_are_compared_by():
     model.hparams["_class_path"] = "dropout_lab.MLPClassifier"  # as LightningCLI adds it
     model.hparams["seed"] = 7  # a key the DataModule has too
     table = hparams_table(model, data)
-    assert list(table)[:6] == ["model", "dropout", "input_dropout", "lr", "seed_everything", "data"]
+    shown = ["model", "dropout", "input_dropout", "learn_dropout", "dropout_schedule"]  # HPARAMS_SHOWN
+    assert list(table)[:7] == [*shown, "lr", "seed_everything"]
     assert table["dropout"] == 0.3 and table["model.seed"] == 7 and table["data.seed"] == 0
     assert "seed" not in table and not any(key.startswith("_") for key in table)
 

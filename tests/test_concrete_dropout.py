@@ -18,7 +18,7 @@ from dropout_lab import (
     MNIST5kDataModule,
     load_classifier,
 )
-from dropout_lab.classifier import dropout_layers_on
+from dropout_lab.classifier import dropout_layers_on, dropout_rates
 from dropout_lab.nets import concrete_dropout_and_next_layer
 
 
@@ -104,21 +104,23 @@ def test_an_input_of_another_width_is_refused():
 
 
 @pytest.mark.parametrize(
-    ("model_class", "kwargs", "expected"),
+    ("model_class", "kwargs", "expected", "roles"),
     [
         (
             MLPClassifier,
             {"hidden": [32, 16]},
             [("layers.1", 784, 0.2, "layers.2"), ("layers.4", 32, 0.5, "layers.5"), ("layers.7", 16, 0.5, "layers.8")],
+            ["input", "hidden1", "hidden2"],
         ),
         (
             CNNClassifier,
             {"channels": [4, 8], "hidden": 16},
             [("features.5", 4, 0.1, "features.6"), ("features.11", 8, 0.1, "head.1"), ("head.3", 16, 0.5, "head.4")],
+            ["conv1", "conv2", "head"],
         ),
     ],
 )
-def test_learn_dropout_swaps_every_layer_and_pairs_it_with_the_layer_that_follows(model_class, kwargs, expected):
+def test_learn_dropout_swaps_every_layer_and_pairs_it_with_the_layer_that_follows(model_class, kwargs, expected, roles):
     model = model_class(**kwargs, learn_dropout=True)
     assert not any(type(m) is CustomDropout for m in model.modules())
     names = {module: name for name, module in model.net.named_modules()}
@@ -127,7 +129,8 @@ def test_learn_dropout_swaps_every_layer_and_pairs_it_with_the_layer_that_follow
         for name, layer, next_layer in concrete_dropout_and_next_layer(model.net)
     ]
     assert pairs == expected  # (the layer, K, its starting p, the Linear or Conv2d its regularizer weighs)
-    assert model.learned_rates() == pytest.approx({name: p for name, _, p, _ in expected})
+    # Named by role in TensorBoard's tags (dropout/p/hidden1, hp/p_conv2), not by module index.
+    assert model.learned_rates() == pytest.approx({role: p for role, (_, _, p, _) in zip(roles, expected, strict=True)})
 
 
 def test_mc_dropout_samples_the_concrete_layers():
@@ -176,7 +179,7 @@ def test_the_regularizer_is_part_of_the_training_loss():
     )
     trainer.fit(model, MNIST5kDataModule())
     rates = model.learned_rates()
-    assert rates["layers.1"] > 0.2 and rates["layers.4"] < 0.8
+    assert rates["input"] > 0.2 and rates["hidden1"] < 0.8
 
 
 # --- End to end: train.py under DDP; TensorBoard, HParams, checkpoint -------------------------------
@@ -212,7 +215,8 @@ def test_every_ddp_rank_learns_the_same_rates(ddp_run):
 def test_learned_rates_are_logged_shown_in_hparams_and_kept_in_checkpoints(ddp_run):
     root, run_dir = ddp_run
     events = read_events(run_dir)
-    learned = torch.load(root / "probe" / "rates0.pt", weights_only=True)
+    logits = torch.load(root / "probe" / "rates0.pt", weights_only=True)  # by module name
+    learned = dict(zip(["input", "hidden1"], logits.values(), strict=True))  # by role, as the tags name them
     for name, logit in learned.items():
         assert [step for step, _ in scalars(events, f"dropout/p/{name}")] == [0, 3, 7]  # the start, every validation
         assert scalars(events, f"hp/p_{name}")[-1][1] == pytest.approx(torch.sigmoid(logit).item())
@@ -223,3 +227,14 @@ def test_learned_rates_are_logged_shown_in_hparams_and_kept_in_checkpoints(ddp_r
     images = torch.randint(0, 256, (3, 28, 28), dtype=torch.uint8)
     probs = model.predict_proba(images, mc_samples=4)
     assert probs.shape == (3, 10) and torch.allclose(probs.sum(dim=-1), torch.ones(3))
+
+
+@pytest.mark.parametrize(
+    ("model", "roles"),
+    [
+        (MLPClassifier(hidden=[8, 8, 8]), ["input", "hidden1", "hidden2", "hidden3"]),
+        (CNNClassifier(channels=[4, 4], hidden=8, batch_norm=True), ["conv1", "conv2", "head"]),  # other indices
+    ],
+)
+def test_fixed_rates_are_named_by_role_not_by_module_index(model, roles):
+    assert list(dropout_rates(model.net)) == roles

@@ -115,7 +115,7 @@ def test_learned_rates_started_far_apart_meet():
 def test_every_rate_is_logged_at_step_0_too(tmp_path):
     run_train(*QUICK, "--model.learn_dropout=true", "--model.hidden=[32]", root=tmp_path)
     events = read_events(tmp_path / "lightning_logs" / "version_0")
-    for tag, start in [("dropout/p/layers.1", 0.2), ("dropout/p/layers.4", 0.5)]:
+    for tag, start in [("dropout/p/input", 0.2), ("dropout/p/hidden1", 0.5)]:
         points = scalars(events, tag)
         assert [step for step, _ in points] == [0, 3, 7]
         assert points[0][1] == pytest.approx(start)
@@ -144,7 +144,7 @@ def test_a_grid_over_a_data_key_and_the_rate_summarizes_each_combination(tmp_pat
     points = [(row["data.train_subset"], row["model.dropout"], row["test/acc_count"]) for row in rows]
     assert points == [("100", "0.2", "2"), ("100", "0.5", "2"), ("1000", "0.2", "2"), ("1000", "0.5", "2")]
     # With learn_dropout each layer's final learned rate is summarized too, for the rates-against-N figure.
-    assert all(0 < float(row["p/layers.4_mean"]) < 1 and row["p/layers.4_count"] == "2" for row in rows)
+    assert all(0 < float(row["p/hidden1_mean"]) < 1 and row["p/hidden1_count"] == "2" for row in rows)
     assert (tmp_path / "tune" / "summary.png").stat().st_size > 10_000
 
 

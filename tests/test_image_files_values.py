@@ -28,3 +28,20 @@ def test_a_folder_gives_its_images_whatever_the_case_of_the_suffix_and_nothing_e
     (tmp_path / "labels.csv").write_text("file,label\n")
     data = ImageFilesDataModule(str(tmp_path), input_shape=SHAPE, mean=(0.1,), std=(0.3,))
     assert sorted(p.name for p in data.files) == ["B.PNG", "a.png", "c.JPG"]
+
+
+def test_dark_ink_on_white_paper_gets_one_line_naming_invert(tmp_path, caplog):
+    paper = torch.full(SHAPE, 240, dtype=torch.uint8)
+    paper[0, 1:3, 1] = 10  # a dark stroke
+    write_png(paper, str(tmp_path / "ink.png"))
+    write_png(255 - paper, str(tmp_path / "mnist_like.png"))  # light on dark, as the training digits
+    with caplog.at_level("INFO"):
+        ImageFilesDataModule(str(tmp_path / "ink.png"), input_shape=SHAPE, mean=(0.1307,), std=(0.3081,))
+    (line,) = [r.getMessage() for r in caplog.records if "brightness" in r.getMessage()]
+    said = "The images' mean brightness is 0.83, the training data's 0.13: dark ink on light paper?"
+    assert line == f"{said} add --data.invert=true"
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        ImageFilesDataModule(str(tmp_path / "ink.png"), invert=True, input_shape=SHAPE, mean=(0.1307,), std=(0.3081,))
+        ImageFilesDataModule(str(tmp_path / "mnist_like.png"), input_shape=SHAPE, mean=(0.1307,), std=(0.3081,))
+    assert not [r for r in caplog.records if "brightness" in r.getMessage()]

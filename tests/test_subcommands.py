@@ -1,6 +1,7 @@
 """python train.py fit|validate|test|predict: model and data from the checkpoint, flags over them."""
 
 import csv
+import re
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,7 @@ from conftest import read_events, run_train
 from jsonargparse import Namespace
 
 from dropout_lab import MNIST5kDataModule
+from dropout_lab.callbacks import LAYOUT
 from dropout_lab.cli import DEFAULT_ROOT_DIR, DropoutLabCLI, runs_folder
 
 QUICK = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
@@ -27,12 +29,12 @@ def checkpoint(tmp_path_factory):
     return run_dir / "checkpoints" / "last.ckpt"
 
 
-def evaluation_dir(result, subcommand: str, checkpoint: Path) -> Path:
-    """The folder train.py's last lines name: a new one inside the checkpoint's run (RUN/test_N, ...)."""
+def evaluation_dir(result, subcommand: str, home: Path) -> Path:
+    """The folder train.py's last lines name: a new one inside ``home`` (the checkpoint's run: RUN/test_N, ...)."""
     said = f"TensorBoard logs of this {subcommand}: "
     (line,) = [line for line in result.stdout.splitlines() if line.startswith(said)]
     folder = Path(line[len(said) :])
-    assert folder.parent == checkpoint.parent.parent and folder.name.startswith(f"{subcommand}_")
+    assert folder.parent == home and folder.name.startswith(f"{subcommand}_")
     return folder
 
 
@@ -46,8 +48,8 @@ def test_test_takes_the_cnn_from_the_checkpoint_and_logs_calibration_and_mc(tmp_
         *QUICK,
         root=tmp_path,
     )
-    run_dir = evaluation_dir(result, "test", checkpoint)
-    assert not (tmp_path / "lightning_logs").exists()  # no new version_N beside the training runs
+    run_dir = evaluation_dir(result, "test", tmp_path)  # the folder asked for, not the checkpoint's run
+    assert not (tmp_path / "lightning_logs").exists()  # and no version_N in it
     config = (run_dir / "config.yaml").read_text()
     assert "class_path: dropout_lab.CNNClassifier" in config and "- 4" in config and "hidden: 16" in config
     assert "mc_samples: 3" in config and "batch_size: 16" in config  # the flag, and the checkpoint's data
@@ -59,9 +61,12 @@ def test_test_takes_the_cnn_from_the_checkpoint_and_logs_calibration_and_mc(tmp_
 
 @pytest.mark.slow
 def test_validate_runs_the_validation_loops_of_the_checkpoint(tmp_path, checkpoint):
-    result = run_train("validate", f"--ckpt_path={checkpoint}", "--trainer.limit_val_batches=2", *QUICK, root=tmp_path)
-    tags = set(read_events(evaluation_dir(result, "validate", checkpoint)).Tags()["scalars"])
-    assert {"val/acc", "train_eval/acc", "gap/loss", "gap/acc"} <= tags
+    result = run_train("validate", f"--ckpt_path={checkpoint}", "--trainer.limit_val_batches=2", *QUICK, root=None)
+    tags = set(read_events(evaluation_dir(result, "validate", checkpoint.parent.parent)).Tags()["scalars"])
+    assert {"validate-val/acc", "validate-train_eval/acc", "validate-gap/loss", "validate-gap/acc"} <= tags
+    # None of them is drawn in the training charts of Custom Scalars (which match each regex at a tag's start).
+    charts = [regex for category in LAYOUT.values() for _, regexes in category.values() for regex in regexes]
+    assert not [tag for tag in tags for regex in charts if re.match(regex, tag)]
     assert not any(tag.startswith("hp/") for tag in tags)  # no HParams session in an evaluation
 
 
@@ -69,9 +74,11 @@ def test_validate_runs_the_validation_loops_of_the_checkpoint(tmp_path, checkpoi
 def test_predict_writes_one_row_per_image_of_the_held_out_split(tmp_path, checkpoint):
     output = tmp_path / "not" / "yet" / "predictions.csv"  # folders that do not exist are created
     args = ["--model.mc_samples=3", "--data.batch_size=8", "--trainer.limit_predict_batches=2", f"--output={output}"]
-    result = run_train("predict", f"--ckpt_path={checkpoint}", *args, *QUICK, root=tmp_path)
+    result = run_train("predict", f"--ckpt_path={checkpoint}", *args, *QUICK, root=None)
     assert str(output) in result.stdout
-    evaluation_dir(result, "predict", checkpoint)  # "TensorBoard logs", not "Checkpoints and ...": none written
+    evaluation_dir(
+        result, "predict", checkpoint.parent.parent
+    )  # "TensorBoard logs", not "Checkpoints and ...": none written
     with open(output) as f:
         rows = list(csv.DictReader(f))
     columns = ["index", "target", "prediction", "confidence", "entropy", "mutual_information"]
@@ -133,7 +140,7 @@ def test_ckpt_path_last_looks_where_the_logger_of_the_flags_keeps_its_runs(tmp_p
     logger = ["--trainer.logger=TensorBoardLogger", f"--trainer.logger.save_dir={tmp_path / 'runs'}"]
     args = ["validate", "--ckpt_path=last", *logger, "--trainer.logger.name=digits", "--trainer.limit_val_batches=1"]
     run_train(*args, *QUICK, root=tmp_path)
-    assert "val/acc" in read_events(earlier.parent / "validate_0").Tags()["scalars"]
+    assert "validate-val/acc" in read_events(earlier.parent / "validate_0").Tags()["scalars"]
 
 
 def logger(class_name: str, **init_args) -> Namespace:
@@ -218,6 +225,47 @@ def test_a_resumed_fit_starts_from_the_checkpoints_classes_and_arguments(tmp_pat
     assert (config.data.init_args.data_dir, config.data.init_args.val_size) == ("/old", 1234)
 
 
+@pytest.mark.parametrize("subcommand", [[], ["fit"]])
+@pytest.mark.parametrize("ckpt", ["path", "last"])
+def test_a_ckpt_path_in_a_config_file_resumes_as_the_flag_does(tmp_path, ckpt, subcommand):
+    path = write_checkpoint(tmp_path / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt")
+    resume = tmp_path / "resume.yaml"
+    resume.write_text(f"ckpt_path: {path if ckpt == 'path' else 'last'}\ntrainer:\n  default_root_dir: {tmp_path}\n")
+    with pytest.raises(Parsed) as parsed:
+        ParseOnly([*subcommand, f"--config={resume}", "--model.lr=0.01"], run=bool(subcommand))
+    config = parsed.value.args[0]
+    assert config.model.class_path == "dropout_lab.CNNClassifier"  # not the default MLP, which check_resumable refuses
+    model = config.model.init_args
+    assert (model.conv_dropout, model.channels, model.hidden, model.lr) == (0.1, [4], 8, 0.01)
+    assert (config.data.class_path, config.data.init_args.val_size) == ("dropout_lab.MNISTDataModule", 1234)
+
+
+@pytest.mark.parametrize("subcommand", ["validate", "test", "predict"])
+def test_an_evaluation_takes_the_class_of_a_checkpoint_named_in_a_config_file(tmp_path, subcommand):
+    path = write_checkpoint(tmp_path / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt")
+    (tmp_path / "eval.yaml").write_text(f"ckpt_path: {path}\n")
+    config = parse([subcommand, f"--config={tmp_path / 'eval.yaml'}", "--model.conv_dropout=0.3"])
+    assert config.model.class_path == "dropout_lab.CNNClassifier"
+    assert (config.model.init_args.conv_dropout, config.model.init_args.hidden) == (0.3, 8)  # the flag, the file's
+    assert config.data.init_args.val_size == 1234
+
+
+@pytest.mark.parametrize("run", [False, True])
+def test_dict_args_are_parsed_as_a_config_file_would_be(tmp_path, run):
+    settings = {"trainer": {"max_epochs": 1, "default_root_dir": str(tmp_path)}, "model": {"dropout": 0.3}}
+    with pytest.raises(Parsed) as parsed:
+        ParseOnly({"subcommand": "fit", "fit": settings} if run else settings, run=run)
+    config = parsed.value.args[0]
+    assert (config.trainer.max_epochs, config.model.init_args.dropout) == (1, 0.3)
+
+
+def test_a_dict_with_ckpt_path_starts_from_the_checkpoints_classes(tmp_path):
+    path = write_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    with pytest.raises(Parsed) as parsed:
+        ParseOnly({"subcommand": "test", "test": {"ckpt_path": str(path)}}, run=True)
+    assert parsed.value.args[0].model.class_path == "dropout_lab.CNNClassifier"
+
+
 def test_a_new_run_with_ckpt_path_auto_and_no_run_yet_starts_from_the_defaults(tmp_path):
     with pytest.raises(Parsed) as parsed:
         ParseOnly(["--ckpt_path=auto", f"--trainer.default_root_dir={tmp_path}"])
@@ -234,13 +282,10 @@ def test_a_datamodule_named_on_the_command_line_replaces_the_checkpoints_and_tak
 
 
 @pytest.mark.slow  # needs the fitted checkpoint
-def test_evaluations_go_into_the_checkpoints_run_numbered_without_the_dirpath_warning(
-    tmp_path, checkpoint, capsys, recwarn
-):
+def test_evaluations_go_into_the_checkpoints_run_numbered_without_the_dirpath_warning(checkpoint, capsys, recwarn):
     run_dir = checkpoint.parent.parent
     before = {path.name for path in run_dir.iterdir()}
     args = [f"--ckpt_path={checkpoint}", "--trainer.limit_val_batches=1", "--trainer.limit_predict_batches=1", *QUICK]
-    args.append(f"--trainer.default_root_dir={tmp_path}")  # where nothing is written
     for subcommand in ("validate", "validate", "predict"):
         DropoutLabCLI([subcommand, *args], run=True)
     new = {path.name for path in run_dir.iterdir()} - before
@@ -248,7 +293,7 @@ def test_evaluations_go_into_the_checkpoints_run_numbered_without_the_dirpath_wa
     assert len(numbers) == 2 and numbers[1] == numbers[0] + 1  # the second validate did not overwrite the first
     (predicted,) = [name for name in new if name.startswith("predict_")]
     assert (run_dir / predicted / "predictions.csv").is_file()  # the CSV's default place follows
-    assert not any(name.startswith("version_") for name in new) and not any(tmp_path.iterdir())
+    assert not any(name.startswith("version_") for name in new)
     assert not [w for w in recwarn if "dirpath has changed" in str(w.message) or "callbacks" in str(w.message)]
     out = capsys.readouterr().out
     table = [line for line in out.splitlines() if "/" in line and "DataLoader" not in line]
@@ -284,3 +329,29 @@ def test_a_checkpoint_outside_a_runs_checkpoints_folder_is_evaluated_beside_it(t
     with pytest.raises(Parsed) as parsed:
         ParseAndPlace(["test", f"--ckpt_path={checkpoint}"], run=True)
     assert Path(parsed.value.args[0].trainer.default_root_dir) == checkpoint.parent / "test_0"  # not tmp_path's
+
+
+def test_an_evaluation_writes_into_the_default_root_dir_given_and_else_into_the_checkpoints_run(tmp_path):
+    checkpoint = write_checkpoint(tmp_path / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt")
+    run_dir = checkpoint.parent.parent
+
+    def placed(*flags: str) -> Namespace:
+        with pytest.raises(Parsed) as parsed:
+            ParseAndPlace(["test", f"--ckpt_path={checkpoint}", *flags], run=True)
+        return parsed.value.args[0].trainer
+
+    elsewhere = tmp_path / "elsewhere"
+    trainer = placed(f"--trainer.default_root_dir={elsewhere}")
+    assert trainer.default_root_dir == str(elsewhere / "test_0")
+    assert (trainer.logger.init_args.save_dir, trainer.logger.init_args.version) == (str(elsewhere), "test_0")
+    assert placed().default_root_dir == str(run_dir / "test_0")  # none given: the checkpoint's own run
+    # A folder the run is inside (the one --ckpt_path=last searched) keeps the evaluation in the run.
+    assert placed(f"--trainer.default_root_dir={tmp_path}").default_root_dir == str(run_dir / "test_0")
+
+
+def test_validate_says_in_one_line_that_it_ignores_mc_samples(tmp_path, capsys):
+    checkpoint = write_checkpoint(tmp_path / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt")
+    with pytest.raises(Parsed):
+        ParseAndPlace(["validate", f"--ckpt_path={checkpoint}", "--model.mc_samples=10"], run=True)
+    (line,) = [line for line in capsys.readouterr().out.splitlines() if "mc_samples" in line]
+    assert "validate is deterministic" in line and "test --ckpt_path=... --model.mc_samples=10" in line

@@ -222,7 +222,7 @@ def test_tiny_search_writes_trials_runs_and_a_best_config_that_train_py_reproduc
         assert (run_dir / "checkpoints" / "last.ckpt").exists() and (run_dir / "config.yaml").exists()
         assert tune_hparams(run_dir) == {"tune/trial": trial.number, "tune/state": "COMPLETE"}
         events = read_events(run_dir)
-        assert hparams_tab_columns(events) == ["dropout", "input_dropout", "lr", "model", "seed_everything"]
+        assert hparams_tab_columns(events) == ["dropout", "dropout_schedule", "input_dropout", "learn_dropout", "model"]
         assert "gap/loss" in events.Tags()["scalars"]
         assert scalars(events, "val/acc")[-1][1] == pytest.approx(trial.value)
 

@@ -34,7 +34,9 @@ LAYOUT = {
     "generalization": {
         "loss: train (eval mode) vs val": ["Multiline", ["train_eval/loss", "val/loss"]],
         "accuracy: train (eval mode) vs val": ["Multiline", ["train_eval/acc", "val/acc"]],
-        "gap": ["Multiline", ["gap/loss", "gap/acc"]],
+        # One chart each: the loss gap and the accuracy gap have different scales.
+        "gap/loss = val - train_eval": ["Multiline", ["gap/loss"]],
+        "gap/acc = train_eval - val": ["Multiline", ["gap/acc"]],
     },
     "training (dropout on)": {"loss and accuracy": ["Multiline", ["train/loss", "train/acc"]]},
     "dropout rates": {"p of every dropout layer": ["Multiline", [r"dropout/p/.*"]]},  # a regex: all layers
@@ -129,7 +131,11 @@ def hparam_metrics(model: L.LightningModule) -> list[str]:
 
 def add_hparams_summary(writer: SummaryWriter, params: dict, metrics: Sequence[str] = HPARAM_METRICS) -> None:
     """Write the run's HParams summary, its first ``HPARAMS_SHOWN`` keys marked to be shown without ticking."""
-    params = {key: value if isinstance(value, (int, float, str, bool)) else str(value) for key, value in params.items()}
+    # A bool as the flags spell it: the summary would store it as the number 0 or 1.
+    params = {
+        key: str(v).lower() if isinstance(v, bool) else v if isinstance(v, (int, float, str)) else str(v)
+        for key, v in params.items()
+    }
     summaries = hparams(params, {tag: math.nan for tag in metrics})
     plugin_data = summaries[0].value[0].metadata.plugin_data  # the experiment: its hparam_infos and metric_infos
     content = plugin_data_pb2.HParamsPluginData.FromString(plugin_data.content)
@@ -147,10 +153,10 @@ def hparams_table(model: L.LightningModule, datamodule: L.LightningDataModule | 
     """The run's settings for the HParams dashboard, the columns it shows first leading.
 
     First (shown without ticking, see ``HPARAMS_SHOWN``): the model class, its dropout rates (every number
-    whose name holds ``dropout``), learning rate and ``seed_everything``; then the data class, the other
-    dropout settings, the data's seeds, and the rest. LightningCLI's ``_class_path``/``_instantiator`` are
-    left out (the class is the ``model`` column); a key that model and data share is recorded as
-    ``model.KEY`` and ``data.KEY``, as the flags name them.
+    whose name ends in ``dropout``), ``learn_dropout`` and ``dropout_schedule``; then the learning rate,
+    ``seed_everything``, the data class, the other dropout settings, the data's seeds, and the rest.
+    LightningCLI's ``_class_path``/``_instantiator`` are left out (the class is the ``model`` column); a key
+    that model and data share is recorded as ``model.KEY`` and ``data.KEY``, as the flags name them.
     """
     model_params = {key: value for key, value in model.hparams.items() if not key.startswith("_")}
     for key in ("lr", "weight_decay", "cosine"):  # what the optimizer ran with, also for a model without them
@@ -162,9 +168,10 @@ def hparams_table(model: L.LightningModule, datamodule: L.LightningDataModule | 
     data_params = {(f"data.{key}" if key in shared else key): value for key, value in data_params.items()}
     params = {
         "model": type(model).__name__,
-        # The rates (dropout, input_dropout, conv_dropout), not the settings about them (learn_dropout,
-        # dropout_cutoff_epoch, dropout_regularizer), which would push lr and the seed out of the shown columns.
+        # The rates (dropout, input_dropout, conv_dropout), then how they are used: fixed, learned or scheduled.
+        # Runs that differ in those would otherwise look the same; lr and the seed are one tick away.
         **{key: value for key, value in model_params.items() if key.endswith("dropout") and is_number(value)},
+        **{key: model_params[key] for key in ("learn_dropout", "dropout_schedule") if key in model_params},
         **{key: value for key, value in model_params.items() if key == "lr"},  # not dropout_lr, a setting
         "seed_everything": int(os.environ.get("PL_GLOBAL_SEED", -1)),
         "data": type(datamodule).__name__ if datamodule is not None else None,

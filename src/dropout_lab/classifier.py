@@ -26,7 +26,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from dropout_lab.checkpointing import seed_dropout_stream
 from dropout_lab.dropout import ConcreteDropout, CustomDropout, regularizer_weights
-from dropout_lab.nets import CNN, MLP, concrete_dropout_and_next_layer
+from dropout_lab.nets import CNN, MLP, concrete_dropout_and_next_layer, dropout_roles
 from dropout_lab.uncertainty import calibration_metrics, entropy, mutual_information, update_calibration
 
 
@@ -170,9 +170,9 @@ class Classifier(L.LightningModule):
         self.log_dict(rates | learned, sync_dist=True)
 
     def learned_rates(self) -> dict[str, float]:
-        """The drop probability of each ConcreteDropout layer by its name in ``net``; empty without learn_dropout."""
-        layers = dropout_layers(self.net).items()
-        return {name: layer.p.item() for name, layer in layers if isinstance(layer, ConcreteDropout)}
+        """The drop probability of each ConcreteDropout layer by its role (nets.dropout_roles); empty if none."""
+        layers, roles = dropout_layers(self.net).items(), dropout_roles(self.net)
+        return {roles[name]: layer.p.item() for name, layer in layers if isinstance(layer, ConcreteDropout)}
 
     def concrete_regularizer(self) -> Tensor:
         """The sum of every ConcreteDropout layer's regularizer, on the layer that takes its output."""
@@ -445,9 +445,11 @@ def dropout_layers(module: torch.nn.Module) -> dict[str, torch.nn.Module]:
 
 
 def dropout_rates(module: torch.nn.Module) -> dict[str, float]:
-    """The drop probability of every dropout layer in ``module`` now (set, scheduled or learned), by name."""
+    """The drop probability of every dropout layer in ``module`` now (set, scheduled or learned), by its role:
+    input, hidden1, ..., conv1, ..., head (nets.dropout_roles), the ``<layer>`` of ``dropout/p/<layer>``."""
+    roles = dropout_roles(module)
     layers = dropout_layers(module).items()
-    return {name: layer.p.item() if isinstance(layer, ConcreteDropout) else layer.p for name, layer in layers}
+    return {roles[name]: layer.p.item() if isinstance(layer, ConcreteDropout) else layer.p for name, layer in layers}
 
 
 def dropout_layers_on(model: torch.nn.Module) -> None:

@@ -19,12 +19,13 @@ import logging
 import os
 import sys
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import lightning as L
 import lightning.pytorch.loggers
 import torch
-from jsonargparse import Namespace
+from jsonargparse import ArgumentError, Namespace
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
@@ -74,9 +75,10 @@ class DropoutLabCLI(LightningCLI):
 
     usage, description = USAGE, DESCRIPTION  # the opening of --help; tune.py's parser has its own
 
-    def __init__(self, args: list[str] | None = None, run: bool = False) -> None:
+    def __init__(self, args: list[str] | dict | None = None, run: bool = False) -> None:
         """``run=False``: build the classes and parse no subcommand (train.py then fits and tests);
-        ``run=True``: the first argument is a subcommand, which runs."""
+        ``run=True``: the first argument is a subcommand, which runs. ``args``: the command line as a list, or
+        as LightningCLI takes it, a dict (with ``run=True``: ``{"subcommand": "test", "test": {...}}``)."""
         self.with_subcommands = run
         self.checkpoint, self.checkpoint_path = {}, None  # an evaluation's, see start_from_checkpoint
         super().__init__(
@@ -159,18 +161,20 @@ class DropoutLabCLI(LightningCLI):
     def start_from_checkpoint(self, parser: LightningArgumentParser, argv: list[str]) -> Namespace | None:
         """The checkpoint's model and DataModule, classes and arguments, for the parse to start from.
 
-        Read before the parse, from ``--ckpt_path`` on the command line, so that every flag of the checkpoint's
-        classes is accepted (``--model.conv_dropout`` of a CNN) and overrides the checkpoint's value. A resumed
-        fit starts from them too: ``--ckpt_path=last`` alone continues a run trained with ``--model.dropout=0.7``
-        at 0.7, and a flag that changes a saved argument is refused by check_resumable.
+        Read before the parse, from the ``ckpt_path`` that the flags or a config file give (``given_settings``),
+        so that every flag of the checkpoint's classes is accepted (``--model.conv_dropout`` of a CNN) and
+        overrides the checkpoint's value. A resumed fit starts from them too: ``--ckpt_path=last`` alone (or
+        ``ckpt_path: last`` in a config file) continues a run trained with ``--model.dropout=0.7`` at 0.7, and a
+        flag that changes a saved argument is refused by check_resumable.
         """
         subcommand = argv[0] if self.with_subcommands else None
-        path = last_value(argv, "--ckpt_path")
-        if path is None:  # none, or in a config file: see use_checkpoint
+        given = given_settings(parser, argv, subcommand)
+        path = given.ckpt_path if given is not None else None
+        if path is None:  # none (or settings the parse itself will refuse, with its own message)
             return None
         try:
             if path in ("last", "auto"):
-                path = str(find_last_checkpoint(runs_folder(trainer_settings(parser, argv, subcommand))))
+                path = str(find_last_checkpoint(runs_folder(given.trainer)))
             self.load_checkpoint(path)
         except ValueError:
             # A fit reports a checkpoint it cannot resume after the parse, which first names any mistyped flag:
@@ -234,9 +238,9 @@ class DropoutLabCLI(LightningCLI):
         """This run's settings: the subcommand's section of the config, or all of it without a subcommand."""
         return self.config[self.subcommand] if self.subcommand else self.config
 
-    def parse_arguments(self, parser: LightningArgumentParser, args: list[str] | None) -> None:
+    def parse_arguments(self, parser: LightningArgumentParser, args: list[str] | dict | Namespace | None) -> None:
         """Parse; validate, test and predict start from the checkpoint's model and data (start_from_checkpoint)."""
-        argv = list(sys.argv[1:] if args is None else args if isinstance(args, list) else [])
+        argv = as_argv(sys.argv[1:] if args is None else args, self.with_subcommands)
         for section, base in (("model", Classifier), ("data", L.LightningDataModule)):
             # Without a class name jsonargparse would show the base class: the abstract Classifier, whose
             # only flag is num_classes, as if it were the model to use.
@@ -270,6 +274,15 @@ class DropoutLabCLI(LightningCLI):
             self.resume_last_run()
         if self.subcommand in EVALUATE:
             self.log_into_the_checkpoints_run()
+        samples = (
+            config.model.get("init_args", Namespace()).get("mc_samples") if self.subcommand == "validate" else None
+        )
+        if isinstance(samples, int) and samples > 1:
+            # val/* are what checkpoints were chosen by and the gap was measured with: one eval-mode pass, always.
+            print(
+                f"--model.mc_samples={samples}: validate is deterministic (one eval-mode pass, as in training), so "
+                f"it ignores it; for MC dropout: python train.py test --ckpt_path=... --model.mc_samples={samples}"
+            )
         self.leave_out_callbacks_without_use()
 
     def leave_out_callbacks_without_use(self) -> None:
@@ -288,24 +301,33 @@ class DropoutLabCLI(LightningCLI):
 
         Not a new ``version_N`` beside the training runs: the logs, config.yaml and predictions.csv of a
         test stay with the run they test. A checkpoint outside a run's ``checkpoints/`` folder gets its
-        evaluations beside it. Loggers that keep no folders (MLflow, ...) are left as they are.
+        evaluations beside it. A ``--trainer.default_root_dir`` that the run is not inside wins: the evaluation
+        goes there (``X/test_0``). Loggers that keep no folders (MLflow, ...) are left as they are.
         """
         config = self.run_config
         trainer = config.trainer
         checkpoint = Path(config.ckpt_path).resolve()  # model.ckpt in the working folder: its parent is '.'
         run_dir = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
+        asked = Path(trainer.default_root_dir).resolve() if trainer.default_root_dir else None
+        home = asked if asked and not run_dir.is_relative_to(asked) else run_dir
         number = 0
-        while (run_dir / f"{self.subcommand}_{number}").exists():
+        while (home / f"{self.subcommand}_{number}").exists():
             number += 1
-        self.evaluation_dir = run_dir / f"{self.subcommand}_{number}"
+        self.evaluation_dir = home / f"{self.subcommand}_{number}"
         trainer.default_root_dir = str(self.evaluation_dir)  # also without a logger: config.yaml goes there
         if trainer.logger is None or trainer.logger is True:  # the Trainer's default TensorBoardLogger, made explicit
             trainer.logger = Namespace(class_path="lightning.pytorch.loggers.TensorBoardLogger", init_args=Namespace())
+        # TensorBoard's --logdir for it: the run's neighbours (it shows beside its training run), or the folder asked.
+        logdir = run_dir.parent if home == run_dir else home
         for logger in trainer.logger if isinstance(trainer.logger, list) else [trainer.logger]:
             if isinstance(logger, Namespace) and logger.class_path.rpartition(".")[2] in FOLDER_LOGGERS:
                 # save_dir/name/version is the log folder: a version with a slash puts it inside the run.
-                logger.init_args.save_dir, logger.init_args.name = str(run_dir.parent), ""
-                logger.init_args.version = f"{run_dir.name}/{self.evaluation_dir.name}"
+                logger.init_args.save_dir, logger.init_args.name = str(logdir), ""
+                logger.init_args.version = str(self.evaluation_dir.relative_to(logdir))
+                if self.subcommand == "validate":
+                    # Its val/*, train_eval/* and gap/* would be the training charts' tags in another run (a
+                    # sub-folder is a run of its own to TensorBoard): Custom Scalars would draw stray points.
+                    logger.init_args.prefix = "validate"  # validate-val/acc, ...
 
     def after_instantiate_classes(self) -> None:
         if self.subcommand in EVALUATE:
@@ -412,6 +434,18 @@ def class_and_arguments(hparams: dict) -> Namespace:
     return Namespace(class_path=class_path, init_args=Namespace(init_args))
 
 
+def as_argv(args: list[str] | dict | Namespace, subcommands: bool) -> list[str]:
+    """``args`` as a command line: a dict (or Namespace) becomes the config file it would be, ``--config JSON``."""
+    if isinstance(args, Namespace):
+        args = args.as_dict()
+    if not isinstance(args, dict):
+        return list(args)
+    if not subcommands:
+        return ["--config", json.dumps(args, default=str)]
+    subcommand = args.get("subcommand")
+    return [subcommand, "--config", json.dumps(args.get(subcommand) or {}, default=str)] if subcommand else []
+
+
 def last_value(argv: list[str], flag: str) -> str | None:
     """The value of the last ``flag=VALUE`` or ``flag VALUE`` in ``argv``, or None."""
     value = None
@@ -430,10 +464,12 @@ def same_class(name: str, class_path: str) -> bool:
     return name.rpartition(".")[2] == class_path.rpartition(".")[2]
 
 
-def trainer_settings(parser: LightningArgumentParser, argv: list[str], subcommand: str | None) -> Namespace:
-    """The ``--trainer`` settings in ``argv``, to find ``--ckpt_path=last`` before the model is known.
+def given_settings(parser: LightningArgumentParser, argv: list[str], subcommand: str | None) -> Namespace | None:
+    """The ``ckpt_path`` and ``--trainer`` settings that ``argv`` and its config files give, before the model is known.
 
-    Parsed without the ``--model``/``--data`` flags, which may belong to the classes of the checkpoint sought.
+    Parsed without the ``--model``/``--data`` flags, which may belong to the classes of the checkpoint sought;
+    None where even that parse fails (a config file's model arguments of the checkpoint's class): the full
+    parse then says what is wrong.
     """
     kept, skip = [], False
     for arg in argv:
@@ -441,9 +477,25 @@ def trainer_settings(parser: LightningArgumentParser, argv: list[str], subcomman
         if skip or key.split(".")[0] in ("--model", "--data") or key.startswith("--print_config"):
             skip = not skip and "=" not in arg and not key.startswith("--print_config")  # the value that follows
             continue
-        kept.append(arg)
-    config = parser.parse_args(kept)
-    return (config[subcommand] if subcommand else config).trainer
+        if key not in ("-h", "--help"):  # the help is the full parse's, with the checkpoint's classes
+            kept.append(arg)
+    try:
+        with quiet_parse(parser):
+            config = parser.parse_args(kept)
+    except ArgumentError:
+        return None
+    return config[subcommand] if subcommand else config
+
+
+@contextmanager
+def quiet_parse(parser: LightningArgumentParser):
+    """Parse with errors raised (as jsonargparse's ArgumentError), not printed and exited: a trial parse."""
+    # The subcommands' parsers hand their errors to this one.
+    before, parser.exit_on_error = parser.exit_on_error, False
+    try:
+        yield
+    finally:
+        parser.exit_on_error = before
 
 
 def count_batches_as_int(parser: LightningArgumentParser) -> None:

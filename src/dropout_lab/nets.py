@@ -111,9 +111,14 @@ def conv_layers(in_channels: int, out_channels: int, batch_norm: bool) -> list[n
 
 
 def check_rates(rates: dict[str, float], learn: bool, temperature: float) -> None:
-    """Refuse, by the argument's name, a rate outside [0, 1], or one that cannot start a learned rate."""
+    """Refuse, by the argument's name, a rate outside [0, 1), or one that cannot start a learned rate."""
     for name, p in rates.items():
         check_start_p(p, name) if learn else check_p(p, name)
+        if p == 1:  # a valid layer, but in a network it passes nothing on: training at chance, without a word
+            raise ValueError(
+                f"{name}=1 drops every unit: the layers after it see only zeros and the model trains at chance. "
+                f"Use {name} below 1 (0.5 is the usual hidden-layer rate, 0 no dropout)."
+            )
     check_temperature(temperature, "concrete_temperature")
 
 
@@ -138,3 +143,27 @@ def concrete_dropout_and_next_layer(net: nn.Module) -> list[tuple[str, ConcreteD
             pairs.append((*waiting, module))
             waiting = None
     return pairs
+
+
+def dropout_roles(net: nn.Module) -> dict[str, str]:
+    """Each dropout layer's module name in ``net`` -> its role, the name TensorBoard's tags give it.
+
+    input, hidden1, hidden2, ... for an MLP; conv1, conv2, ..., head for a CNN (head2, ... if it has more).
+    Read from the order of ``net.modules()``, as concrete_dropout_and_next_layer does: a layer before any
+    Linear or Conv2d drops the input; a channel dropout follows a conv block; the others follow a hidden layer,
+    or, in a network with conv blocks, belong to the head.
+    """
+    roles, weights, convs, ones = {}, False, 0, 0
+    for name, module in net.named_modules():
+        if isinstance(module, (nn.Linear, nn.Conv2d)):
+            weights = True
+        elif isinstance(module, (CustomDropout2d, ConcreteDropout2d)):  # subclasses of the 1d ones: first
+            convs += 1
+            roles[name] = f"conv{convs}"
+        elif isinstance(module, (CustomDropout, ConcreteDropout)):
+            if not weights:
+                roles[name] = "input"
+                continue
+            ones += 1
+            roles[name] = (f"head{ones}" if ones > 1 else "head") if convs else f"hidden{ones}"
+    return roles

@@ -27,7 +27,7 @@ class SuggestingParser(LightningArgumentParser):
         if self.exit_on_error:  # the parser that prints; the nested ones of --model and --data only raise
             parser = getattr(ex, "subcommand_parser", None) or self  # the flags of `python train.py test` are its own
             hints = [hint for key, candidates in unknown_keys(message, parser) if (hint := closest(key, candidates))]
-            hints += unknown_class(message) + unknown_subcommand(message) + wrong_value(message)
+            hints += unknown_class(message) + unknown_subcommand(message) + wrong_value(message) + wrong_type(message)
             if hints and not os.environ.get(FULL_ERRORS):
                 # jsonargparse's message (the usage, and for --model.* the Union's alternatives) hides the answer.
                 sys.stderr.write("".join(f"error: {hint}\n" for hint in hints[:-1]))
@@ -92,6 +92,17 @@ def wrong_value(message: str) -> list[str]:
     section = re.match(r'Parser key "(model|data)"', message)
     problem = re.search(r"Problem with given class_path '[\w.]+':\s+Parser key \"(\w+)\":\s+(.+)", message)
     return [f"--{section.group(1)}.{problem.group(1)}: {problem.group(2).strip()}"] if section and problem else []
+
+
+def wrong_type(message: str) -> list[str]:
+    """For ``--trainer.max_epochs=two``: one line naming the flag, the types it takes and the value given, else []."""
+    key = re.match(r'Parser key "([\w.]+)":\s+Does not validate against any of the Union subtypes', message)
+    types = re.search(r"Subtypes: \[(.*)\]", message)
+    given = re.search(r"Given value: (.*)", message)
+    if not (key and types and given) or key.group(1).split(".")[0] in ("model", "data"):  # those: wrong_value
+        return []
+    names = [name.replace("NoneType", "null") for name in re.findall(r"<class '(\w+)'>", types.group(1))]
+    return [f"--{key.group(1)}={given.group(1).strip()}: expected {' or '.join(names)}"]
 
 
 def unknown_subcommand(message: str) -> list[str]:
