@@ -389,8 +389,9 @@ class DropoutLabCLI(LightningCLI):
             return
         hparams = self.checkpoint["hyper_parameters"]
         # The checkpoint's training normalization and input shape (older checkpoints: its DataModule's, the same).
-        normalization = self.checkpoint.get("normalization") or {"mean": self.datamodule.mean, "std": self.datamodule.std}
-        input_shape = hparams.get("input_shape", getattr(self.datamodule, "input_shape", None))
+        data = self.datamodule
+        normalization = self.checkpoint.get("normalization") or {"mean": data.mean, "std": data.std}
+        input_shape = hparams.get("input_shape", getattr(data, "input_shape", None))
         try:
             loader = ood_test_loader(ood_data, normalization, input_shape)
         except ValueError as error:

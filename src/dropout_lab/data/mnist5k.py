@@ -1,8 +1,8 @@
 """The 5,000 MNIST digits that ship inside the package (dropout_lab/mnist5k/): the offline default."""
 
 import gzip
-from typing import Literal
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -77,7 +77,11 @@ class ShiftedMNIST5kDataModule(MNIST5kDataModule):
     """
 
     def __init__(
-        self, shift: Literal["inverted", "rotated"] = "inverted", test_size: int = 500, batch_size: int = 64, seed: int = 0
+        self,
+        shift: Literal["inverted", "rotated"] = "inverted",
+        test_size: int = 500,
+        batch_size: int = 64,
+        seed: int = 0,
     ) -> None:
         if shift not in ("inverted", "rotated"):
             raise ValueError(f"shift must be inverted or rotated, got {shift!r}")
