@@ -7,6 +7,7 @@ reads after training; these tests pin their values, not only that the tags exist
 import math
 
 import lightning as L
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -27,14 +28,22 @@ def reference_ece(probs: torch.Tensor, target: torch.Tensor, bins: int = 15) -> 
     return float(total)
 
 
+def reference_selective(confidence: torch.Tensor, wrong: torch.Tensor, suffix: str = "") -> dict[str, float]:
+    """AURC and the risk at 80 % coverage of a ranking without ties, written out in numpy."""
+    order = np.argsort(-confidence.numpy())
+    risks = np.cumsum(wrong.numpy()[order]) / np.arange(1, len(order) + 1)
+    return {f"aurc{suffix}": risks.mean(), f"risk_at_80_coverage{suffix}": risks[math.ceil(0.8 * len(order)) - 1]}
+
+
 def reference_metrics(probs: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
-    """Accuracy, NLL, 15-bin ECE and Brier score of probabilities, written out here."""
+    """Accuracy, NLL, 15-bin ECE, Brier score, AURC and risk at 80 % coverage of probabilities, written out here."""
     one_hot = F.one_hot(target, probs.shape[-1]).float()
     return {
         "acc": (probs.argmax(dim=-1) == target).float().mean().item(),
         "nll": -probs[torch.arange(len(target)), target].log().mean().item(),
         "ece": reference_ece(probs, target),
         "brier": (probs - one_hot).square().sum(dim=-1).mean().item(),
+        **reference_selective(probs.max(dim=-1).values, probs.argmax(dim=-1) != target),
     }
 
 
@@ -128,11 +137,17 @@ def test_mc_test_metrics_equal_a_recomputation_from_the_mean_of_the_passes(data)
     model = MLPClassifier(hidden=(32,), mc_samples=4)
     results, recorder = run_test_loop(model, data)
     model.train()  # the MLP has no BatchNorm: train mode is "dropout layers on", as in the MC test loop
-    probs = []
+    passes = []
     with torch.no_grad():
         for x, _, state in recorder.batches:
             torch.set_rng_state(state)  # the masks the test step drew
-            probs.append(torch.stack([model(x).softmax(dim=-1) for _ in range(4)]).mean(dim=0))
-    probs, y = torch.cat(probs), torch.cat([batch[1] for batch in recorder.batches])
-    expected = {f"test_mc/{name}": value for name, value in reference_metrics(probs, y).items()}
+            passes.append(torch.stack([model(x).softmax(dim=-1) for _ in range(4)]))
+    passes, y = torch.cat(passes, dim=1), torch.cat([batch[1] for batch in recorder.batches])
+    probs = passes.mean(dim=0)
+    # Mutual information: the entropy of the mean minus the mean entropy of the passes.
+    information = -(probs * probs.log()).sum(-1) + (passes * passes.log()).sum(-1).mean(0)
+    expected = reference_metrics(probs, y) | reference_selective(
+        -information, probs.argmax(-1) != y, "_mutual_information"
+    )
+    expected = {f"test_mc/{name}": value for name, value in expected.items()}
     assert results == pytest.approx(expected, rel=1e-5, abs=1e-6)  # test_mc/* only: no test/* key

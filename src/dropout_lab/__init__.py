@@ -9,6 +9,7 @@ from dropout_lab.data import (
     InMemoryDataModule,
     MNIST5kDataModule,
     MNISTDataModule,
+    ShiftedMNIST5kDataModule,
 )
 from dropout_lab.dropout import ConcreteDropout, ConcreteDropout2d, CustomDropout, CustomDropout2d
 from dropout_lab.prediction import load_classifier
@@ -28,6 +29,7 @@ __all__ = [
     "MLPClassifier",
     "MNIST5kDataModule",
     "MNISTDataModule",
+    "ShiftedMNIST5kDataModule",
     "TensorBoardLayout",
     "load_classifier",
 ]

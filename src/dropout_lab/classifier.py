@@ -27,7 +27,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from dropout_lab.checkpointing import seed_dropout_stream
 from dropout_lab.dropout import ConcreteDropout, CustomDropout, regularizer_weights
 from dropout_lab.nets import CNN, MLP, concrete_dropout_and_next_layer, dropout_roles
-from dropout_lab.uncertainty import calibration_metrics, entropy, mutual_information, update_calibration
+from dropout_lab.uncertainty import calibration_metrics, prediction_scores, update_calibration
 
 
 def stage_metrics(num_classes: int, prefix: str) -> MetricCollection:
@@ -106,7 +106,7 @@ class Classifier(L.LightningModule):
         self.train_eval_metrics = stage_metrics(num_classes, "train_eval/")
         self.test_loss = MeanMetric()
         self.test_metrics = calibration_metrics(num_classes, "test/")
-        self.test_mc_metrics = calibration_metrics(num_classes, "test_mc/")
+        self.test_mc_metrics = calibration_metrics(num_classes, "test_mc/", mutual_information=True)
         # Passes per image of the next test or predict loop; run_test (cli.py) sets 1 for its deterministic loop.
         self.mc_samples = check_mc_samples(mc_samples)
         # The inputs' normalization (mean, std per channel), from the DataModule; kept in checkpoints.
@@ -231,19 +231,16 @@ class Classifier(L.LightningModule):
             logits = self(x)
             self.test_loss.update(F.cross_entropy(logits, y), weight=len(y))
             self.log("test/loss", self.test_loss, on_epoch=True)
-            probs, metrics = logits.softmax(dim=-1), self.test_metrics
+            samples, metrics = logits.softmax(dim=-1).unsqueeze(0), self.test_metrics
         else:
-            probs, metrics = self.sample_probs(x).mean(dim=0), self.test_mc_metrics
-        update_calibration(metrics, probs, y)
+            samples, metrics = self.sample_probs(x), self.test_mc_metrics
+        scores = prediction_scores(samples)  # as predict_step's: the CSV and the test cannot disagree
+        update_calibration(metrics, scores["probs"], y, scores.get("mutual_information"))
         self.log_dict(metrics, on_epoch=True)
-        return {"probs": probs, "target": y}  # for UncertaintyFigures
+        return {**scores, "target": y}  # for UncertaintyFigures and OODDetection
 
     def predict_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> dict[str, Tensor]:
-        samples = self.sample_probs(batch[0])
-        probs = samples.mean(dim=0)
-        out = {"probs": probs, "entropy": entropy(probs)}
-        if self.mc_samples > 1:
-            out["mutual_information"] = mutual_information(samples)
+        out = prediction_scores(self.sample_probs(batch[0]))
         if len(batch) > 1:  # labelled data; image files have none
             out["target"] = batch[1]
         return out

@@ -42,6 +42,7 @@ from dropout_lab.checkpointing import (
 )
 from dropout_lab.classifier import Classifier
 from dropout_lab.nan_guard import NaNGuard
+from dropout_lab.ood import OODDetection, ood_test_loader
 from dropout_lab.prediction import PredictionCSV
 from dropout_lab.suggestions import SuggestingParser, init_parameters, package_classes
 from dropout_lab.uncertainty import UncertaintyFigures
@@ -156,6 +157,8 @@ class DropoutLabCLI(LightningCLI):
                 help="CSV file of the predictions (folders are created); default: predictions.csv in this "
                 "predict's folder inside the checkpoint's run (RUN/predict_N/).",
             )
+        if subcommand == "test":
+            add_ood_data_argument(parser)
         return parser
 
     def start_from_checkpoint(self, parser: LightningArgumentParser, argv: list[str]) -> Namespace | None:
@@ -221,12 +224,12 @@ class DropoutLabCLI(LightningCLI):
 
     def fill_data_from_checkpoint(self, subcommand: str) -> None:
         """Give a DataModule that takes them (ImageFilesDataModule) the model's input shape and normalization."""
-        data = self.config[subcommand].data
         hparams = self.checkpoint["hyper_parameters"]
         saved = {**(self.checkpoint.get("normalization") or {}), **hparams}
-        for key in ("input_shape", "num_classes", "mean", "std"):
-            if isinstance(data, Namespace) and key in data.init_args and data.init_args[key] is None:
-                data.init_args[key] = saved.get(key)
+        for data in (self.config[subcommand].data, self.config[subcommand].get("ood_data")):  # test's --ood_data too
+            for key in ("input_shape", "num_classes", "mean", "std"):
+                if isinstance(data, Namespace) and key in data.init_args and data.init_args[key] is None:
+                    data.init_args[key] = saved.get(key)
 
     def _parse_ckpt_path(self) -> None:
         # LightningCLI's own version parses the checkpoint's model arguments *over* the command line
@@ -255,6 +258,7 @@ class DropoutLabCLI(LightningCLI):
         argv = with_logger_save_dir(argv)
         evaluation = self.with_subcommands and bool(argv) and argv[0] in EVALUATE
         try:
+            check_ood_data_only_on_test(argv, self.with_subcommands)
             # A mistyped subcommand is left to the parser, which names the closest one.
             known = not self.with_subcommands or (bool(argv) and argv[0] in ("fit", *EVALUATE))
             start = self.start_from_checkpoint(parser, argv) if known else None
@@ -400,6 +404,22 @@ class DropoutLabCLI(LightningCLI):
     def test(self, model: L.LightningModule, datamodule: L.LightningDataModule, **kwargs) -> None:
         run_test(self.trainer, model, datamodule, kwargs.get("ckpt_path"))
 
+    def before_test(self) -> None:
+        """With ``--ood_data``: its images, prepared and checked before any test loop runs, scored in every one."""
+        ood_data = self.config_init.test.get("ood_data")
+        if ood_data is None:
+            return
+        hparams = self.checkpoint["hyper_parameters"]
+        # The checkpoint's training normalization and input shape (older checkpoints: its DataModule's, the same).
+        data = self.datamodule
+        normalization = self.checkpoint.get("normalization") or {"mean": data.mean, "std": data.std}
+        input_shape = hparams.get("input_shape", getattr(data, "input_shape", None))
+        try:
+            loader = ood_test_loader(ood_data, normalization, input_shape)
+        except ValueError as error:
+            self.parser.exit(2, f"error: {error}\n")
+        self.trainer.callbacks.append(OODDetection(loader, type(ood_data).__name__))
+
     def before_predict(self) -> None:
         output = self.config.predict.output
         if output and Path(output).is_dir():  # checked before the run folder is made and any work is done
@@ -422,6 +442,28 @@ def run_test(trainer: L.Trainer, model: L.LightningModule, datamodule: L.Lightni
             trainer.test(model, datamodule, ckpt_path=ckpt_path)
     finally:
         model.mc_samples = samples
+
+
+def add_ood_data_argument(parser: LightningArgumentParser) -> None:
+    """``test --ood_data=CLASS`` and every flag of that DataModule: out-of-distribution images to detect (ood.py)."""
+    parser.add_subclass_arguments(
+        L.LightningDataModule,
+        "ood_data",
+        required=False,
+        help="A DataModule whose test images are scored against the test set as out of distribution (ood/*, "
+        "ood_mc/* in TensorBoard), e.g. FashionMNISTDataModule for an MNIST model, or ImageFilesDataModule with "
+        "--ood_data.paths; its images are normalized as the checkpoint's training data.",
+    )
+
+
+def check_ood_data_only_on_test(argv: list[str], with_subcommands: bool) -> None:
+    """``--ood_data`` belongs to ``test``: refuse it on fit, validate, predict and train.py's fit-and-test."""
+    subcommand = argv[0] if with_subcommands and argv else None
+    if subcommand != "test" and any(arg.split("=")[0].split(".")[0] == "--ood_data" for arg in argv):
+        raise ValueError(
+            f"--ood_data scores out-of-distribution images in test only, not in {subcommand or 'a training run'}: "
+            "python train.py test --ckpt_path=RUN/checkpoints/last.ckpt --ood_data=FashionMNISTDataModule"
+        )
 
 
 def class_and_arguments(hparams: dict) -> Namespace:

@@ -50,7 +50,7 @@ class PredictionCSV(BasePredictionWriter):
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx):
         probs = prediction["probs"].float().cpu()
-        confidence, predicted = probs.max(dim=-1)
+        predicted = probs.argmax(dim=-1)
         # Image files: which file each row is, as ImageFilesDataModule found it.
         files = trainer.datamodule.files if isinstance(trainer.datamodule, ImageFilesDataModule) else None
         columns = {
@@ -58,7 +58,7 @@ class PredictionCSV(BasePredictionWriter):
             "path": [str(files[i]) for i in batch_indices] if files else None,
             "target": prediction["target"].tolist() if "target" in prediction else None,
             "prediction": predicted.tolist(),
-            "confidence": confidence.tolist(),
+            "confidence": prediction["max_prob"].tolist(),
             "entropy": prediction["entropy"].tolist(),
             "mutual_information": prediction["mutual_information"].tolist()
             if "mutual_information" in prediction

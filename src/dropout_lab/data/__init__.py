@@ -4,7 +4,7 @@ augmentations (augment.py); and your own image files for predict (image_files.py
 
 from dropout_lab.data.base import InMemoryDataModule, TensorBatches, stratified_split
 from dropout_lab.data.image_files import ImageFilesDataModule
-from dropout_lab.data.mnist5k import MNIST5kDataModule
+from dropout_lab.data.mnist5k import MNIST5kDataModule, ShiftedMNIST5kDataModule
 from dropout_lab.data.torchvision_datasets import CIFAR10DataModule, FashionMNISTDataModule, MNISTDataModule
 
 __all__ = [
@@ -14,6 +14,7 @@ __all__ = [
     "InMemoryDataModule",
     "MNIST5kDataModule",
     "MNISTDataModule",
+    "ShiftedMNIST5kDataModule",
     "TensorBatches",
     "stratified_split",
 ]

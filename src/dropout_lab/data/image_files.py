@@ -99,7 +99,7 @@ def find_images(paths: str | list[str]) -> list[Path]:
             matches = [Path(p) for p in glob.glob(pattern, recursive=True) if Path(p).is_file()]
         if not matches:
             raise ValueError(
-                f"--data.paths={pattern!r} names no image file: give a glob ('my_digits/*.png'), a folder of "
+                f"paths={pattern!r} names no image file: give a glob ('my_digits/*.png'), a folder of "
                 f"{', '.join(EXTENSIONS)} files, or a list of them."
             )
         found.update(matches)

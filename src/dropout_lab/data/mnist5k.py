@@ -2,6 +2,7 @@
 
 import gzip
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -62,3 +63,35 @@ class MNIST5kDataModule(InMemoryDataModule):
         # The records are sorted by label: the split must shuffle and stratify.
         rest, test = stratified_split(labels, self.hparams.test_size, self.hparams.seed, "test_size")
         return images[rest], labels[rest], images[test], labels[test]
+
+
+class ShiftedMNIST5kDataModule(MNIST5kDataModule):
+    """The embedded test digits inverted (dark on light) or rotated by 90 degrees: an out-of-distribution set
+    made offline, for ``python train.py test --ood_data=ShiftedMNIST5kDataModule --ood_data.shift=inverted``.
+
+    Only the test split is shifted, so the set holds the same digits as MNIST5kDataModule's test split
+    with the same ``test_size`` and ``seed``, each one changed.
+
+    Args:
+        shift: inverted (255 - pixel) or rotated (90 degrees counter-clockwise).
+        test_size: digits held out (seeded, stratified) for testing.
+        batch_size: images per batch.
+        seed: seed of the split, as MNIST5kDataModule's.
+    """
+
+    def __init__(
+        self,
+        shift: Literal["inverted", "rotated"] = "inverted",
+        test_size: int = 500,
+        batch_size: int = 64,
+        seed: int = 0,
+    ) -> None:
+        if shift not in ("inverted", "rotated"):
+            raise ValueError(f"shift must be inverted or rotated, got {shift!r}")
+        super().__init__(test_size=test_size, batch_size=batch_size, seed=seed)
+        self.shift = shift
+
+    def load(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        images, labels, test_images, test_labels = super().load()
+        shifted = 255 - test_images if self.shift == "inverted" else test_images.rot90(1, dims=(2, 3))
+        return images, labels, shifted, test_labels
