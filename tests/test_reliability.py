@@ -74,7 +74,7 @@ BAD_INPUT = {
     "cnn_conv_dropout": (["--model=CNNClassifier", "--model.conv_dropout=-1"], ["0 <= conv_dropout <= 1, got -1"]),
     # not a number: jsonargparse's own type error
     "dropout_not_a_number": (["--model.dropout=abc"], ["--model.dropout: Expected a <class 'float'>. Got value: abc"]),
-    "wrong_type": (["--trainer.max_epochs=abc"], ['Parser key "trainer.max_epochs"', "Expected a <class 'int'>"]),
+    "wrong_type": (["--trainer.max_epochs=abc"], ["error: --trainer.max_epochs=abc: expected int or null"]),
     # unknown keys, with the closest valid one
     "unknown_model_key": (["--model.dropuot=0.3"], ["did you mean --model.dropout?"]),
     "unknown_cnn_key": (["--model=CNNClassifier", "--model.conv_dropuot=0.3"], ["did you mean --model.conv_dropout?"]),

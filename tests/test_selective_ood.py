@@ -10,7 +10,7 @@ import torch
 from conftest import read_events
 from torchvision.io import write_png
 
-from dropout_lab import MLPClassifier, MNIST5kDataModule, ShiftedMNIST5kDataModule
+from dropout_lab import MNIST5kDataModule, ShiftedMNIST5kDataModule
 from dropout_lab.cli import DropoutLabCLI
 from dropout_lab.ood import detection_metrics, ood_test_loader
 from dropout_lab.selective import aurc, risk_at_coverage
