@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from dropout_lab import CNNClassifier, InMemoryDataModule, MLPClassifier, MNIST5kDataModule
-from dropout_lab.classifier import cosine
+from dropout_lab.lr_schedule import cosine
 from dropout_lab.cli import DropoutLabCLI
 
 BATCH_SIZE = 64

@@ -175,6 +175,7 @@ def test_optimizer_applies_weight_decay_and_anneals_the_learning_rate_to_zero(tm
 def test_learned_rates_are_not_decayed_with_the_weights():
     # Decay would pull every p_logit to 0 (p to 0.5), whatever the data says.
     model = MLPClassifier(hidden=[8], weight_decay=0.1, cosine=False, learn_dropout=True)
+    model.configure_model()  # as the Trainer does first: the learned rates swapped in
     weights, rates = model.configure_optimizers().param_groups
     p_logits = {id(param) for name, param in model.named_parameters() if name.endswith("p_logit")}
     assert {id(param) for param in rates["params"]} == p_logits and len(p_logits) == 2

@@ -18,8 +18,9 @@ from dropout_lab import (
     MNIST5kDataModule,
     load_classifier,
 )
-from dropout_lab.classifier import dropout_layers_on, dropout_rates
-from dropout_lab.nets import concrete_dropout_and_next_layer
+from dropout_lab.dropout import dropout_rates
+from dropout_lab.learned_rates import learn_rates, learned_rates
+from dropout_lab.mc_dropout import dropout_layers_on
 
 
 @pytest.mark.parametrize("p", [0.1, 0.5])
@@ -122,19 +123,45 @@ def test_an_input_of_another_width_is_refused():
 )
 def test_learn_dropout_swaps_every_layer_and_pairs_it_with_the_layer_that_follows(model_class, kwargs, expected, roles):
     model = model_class(**kwargs, learn_dropout=True)
+    model.configure_model()  # as Lightning does before every loop and before load_from_checkpoint loads weights
     assert not any(type(m) is CustomDropout for m in model.modules())
     names = {module: name for name, module in model.net.named_modules()}
     pairs = [
-        (name, layer.num_features, round(layer.p.item(), 6), names[next_layer])
-        for name, layer, next_layer in concrete_dropout_and_next_layer(model.net)
+        (names[layer], layer.num_features, round(layer.p.item(), 6), names[next_layer])
+        for layer, next_layer in model.concrete_pairs
     ]
     assert pairs == expected  # (the layer, K, its starting p, the Linear or Conv2d its regularizer weighs)
     # Named by role in TensorBoard's tags (dropout/p/hidden1, hp/p_conv2), not by module index.
-    assert model.learned_rates() == pytest.approx({role: p for role, (_, _, p, _) in zip(roles, expected, strict=True)})
+    rates = learned_rates(model.net)
+    assert rates == pytest.approx({role: p for role, (_, _, p, _) in zip(roles, expected, strict=True)})
+    model.configure_model()  # again, as a second loop would: the same layers, nothing swapped twice
+    assert [(names[a], names[b]) for a, b in model.concrete_pairs] == [(a, d) for a, _, _, d in expected]
+
+
+class DeclaredOutOfOrder(nn.Module):
+    """A net whose modules are declared in another order than the data passes them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = nn.Linear(6, 3)
+        self.drop = CustomDropout(0.3)
+        self.body = nn.Linear(4, 6)
+
+    def forward(self, x):
+        return self.head(self.drop(self.body(x.flatten(1))))
+
+
+def test_learned_rates_pair_each_layer_by_the_forward_pass_not_by_declaration():
+    net = DeclaredOutOfOrder()
+    (layer, next_layer), = learn_rates(net, (1, 2, 2), temperature=0.1)
+    assert net.drop is layer and isinstance(layer, ConcreteDropout) and layer.p.item() == pytest.approx(0.3)
+    assert next_layer is net.head and layer.num_features == 6  # not body, which declaration order would give
+    assert all(module.training for module in net.modules())  # the trace's eval mode is undone
 
 
 def test_mc_dropout_samples_the_concrete_layers():
     model = MLPClassifier(hidden=[32], learn_dropout=True)
+    model.configure_model()
     model.normalization = {"mean": [0.1307], "std": [0.3081]}
     images = torch.randint(0, 256, (5, 28, 28), dtype=torch.uint8)
     torch.manual_seed(0)
@@ -178,7 +205,7 @@ def test_the_regularizer_is_part_of_the_training_loss():
         enable_model_summary=False,
     )
     trainer.fit(model, MNIST5kDataModule())
-    rates = model.learned_rates()
+    rates = learned_rates(model.net)
     assert rates["input"] > 0.2 and rates["hidden1"] < 0.8
 
 
@@ -223,7 +250,7 @@ def test_learned_rates_are_logged_shown_in_hparams_and_kept_in_checkpoints(ddp_r
         assert f"hp/p_{name}".encode() in events.PluginTagToContent("hparams")["_hparams_/experiment"]
 
     model = load_classifier(run_dir / "checkpoints" / "last.ckpt")
-    assert model.learned_rates() == pytest.approx({name: torch.sigmoid(v).item() for name, v in learned.items()})
+    assert learned_rates(model.net) == pytest.approx({name: torch.sigmoid(v).item() for name, v in learned.items()})
     images = torch.randint(0, 256, (3, 28, 28), dtype=torch.uint8)
     probs = model.predict_proba(images, mc_samples=4)
     assert probs.shape == (3, 10) and torch.allclose(probs.sum(dim=-1), torch.ones(3))

@@ -11,6 +11,7 @@ from test_mnist5k import image_bytes, setup_data
 
 from dropout_lab import MLPClassifier, MNIST5kDataModule, MNISTDataModule
 from dropout_lab.dropout import regularizer_weights
+from dropout_lab.learned_rates import learned_rates
 from dropout_lab.tuning import TuneCLI, tune
 
 
@@ -96,6 +97,7 @@ def test_explicit_regularizer_weights_win_over_the_derived_ones():
 
 def test_the_rates_have_their_own_learning_rate_and_no_weight_decay():
     model = MLPClassifier(hidden=[8], learn_dropout=True, dropout_lr=0.05, lr=1e-3, weight_decay=0.1, cosine=False)
+    model.configure_model()  # as the Trainer does first: the learned rates swapped in
     weights, rates = model.configure_optimizers().param_groups
     assert (weights["lr"], weights["weight_decay"]) == (1e-3, 0.1)
     assert (rates["lr"], rates["weight_decay"]) == (0.05, 0.0)
@@ -106,8 +108,8 @@ def test_learned_rates_started_far_apart_meet():
     # 400 steps of a small net on 1,000 digits: from 0.1 and from 0.7 every layer's rate ends within 0.05
     # of the other start's, which the weights' own learning rate (1e-3) could not do (the logit moves by
     # about the learning rate per step: 0.2 in 400 steps, the distance from logit(0.1) to logit(0.7) is 3.0).
-    low = fit_learned(1000, steps=400, dropout=0.1, input_dropout=0.1).learned_rates()
-    high = fit_learned(1000, steps=400, dropout=0.7, input_dropout=0.7).learned_rates()
+    low = learned_rates(fit_learned(1000, steps=400, dropout=0.1, input_dropout=0.1).net)
+    high = learned_rates(fit_learned(1000, steps=400, dropout=0.7, input_dropout=0.7).net)
     assert low.keys() == high.keys() and len(low) == 2
     assert all(abs(low[name] - high[name]) < 0.05 for name in low), (low, high)
 

@@ -11,7 +11,8 @@ from test_lr_schedule import StopAfterEpoch
 
 from dropout_lab import MLPClassifier, MNIST5kDataModule
 from dropout_lab.checkpointing import RNGState
-from dropout_lab.classifier import dropout_rates, scheduled_p
+from dropout_lab.dropout import dropout_rates
+from dropout_lab.dropout_schedule import scheduled_p
 
 STEPS_PER_EPOCH = 3
 

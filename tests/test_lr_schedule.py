@@ -10,7 +10,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from dropout_lab import MLPClassifier, MNIST5kDataModule
 from dropout_lab.checkpointing import RNGState
-from dropout_lab.classifier import cosine
+from dropout_lab.lr_schedule import cosine
 
 STEPS_PER_EPOCH = 3
 

@@ -18,6 +18,8 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
 
+from dropout_lab.learned_rates import learned_rates
+
 # The HParams dashboard shows the last value of each of these tags for every run.
 # hp/test_* copy the test metrics, deterministic and with MC dropout (test_mc/, see uncertainty.py).
 TEST_SUMMARY = {
@@ -125,8 +127,7 @@ class TensorBoardLayout(L.Callback):
 
 def hparam_metrics(model: L.LightningModule) -> list[str]:
     """The hp/ tags the HParams tab compares for this model: HPARAM_METRICS, and hp/p_<layer> of learned rates."""
-    # learned_rates is the Classifier's: a model of your own without it has no learned rates.
-    return [*HPARAM_METRICS, *(f"hp/p_{name}" for name in getattr(model, "learned_rates", dict)())]
+    return [*HPARAM_METRICS, *(f"hp/p_{name}" for name in learned_rates(model))]
 
 
 def add_hparams_summary(writer: SummaryWriter, params: dict, metrics: Sequence[str] = HPARAM_METRICS) -> None:

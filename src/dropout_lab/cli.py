@@ -41,6 +41,7 @@ from dropout_lab.checkpointing import (
     safe_load,
 )
 from dropout_lab.classifier import Classifier
+from dropout_lab.dropout_schedule import DropoutSchedule
 from dropout_lab.nan_guard import NaNGuard
 from dropout_lab.ood import OODDetection, ood_test_loader
 from dropout_lab.prediction import PredictionCSV
@@ -388,8 +389,12 @@ class DropoutLabCLI(LightningCLI):
             check_cuda_requested(self.run_config.trainer.accelerator)
             super().instantiate_classes()
             check_cpu_processes(self.trainer)
-            if self.subcommand in (None, "fit") and isinstance(self.model, Classifier):  # needs model and trainer
-                self.model.check_dropout_cutoff(self.trainer.max_epochs)
+            if self.subcommand in (None, "fit"):  # needs model and trainer
+                for callback in [*self.trainer.callbacks, *self.model.configure_callbacks()]:
+                    if isinstance(callback, DropoutSchedule):
+                        callback.check_cutoff(self.trainer.max_epochs)
+            # The net as the Trainer will have it (learned rates swapped in), for the checks below, before any write.
+            self.model.configure_model()
             ckpt_path = self.run_config.ckpt_path
             if ckpt_path and self.subcommand in EVALUATE:
                 check_weights_fit(ckpt_path, self.checkpoint, self.model)

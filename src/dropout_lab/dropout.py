@@ -210,6 +210,44 @@ def check_temperature(temperature: float, name: str = "temperature") -> float:
     return float(temperature)
 
 
+def dropout_layers(module: nn.Module) -> dict[str, nn.Module]:
+    """The CustomDropout(2d) and ConcreteDropout(2d) layers in ``module``, by module name."""
+    # The 2d layers are subclasses of the others.
+    return {name: m for name, m in module.named_modules() if isinstance(m, (CustomDropout, ConcreteDropout))}
+
+
+def dropout_roles(module: nn.Module) -> dict[str, str]:
+    """Each dropout layer's module name in ``module`` -> its role, the name TensorBoard's tags give it.
+
+    input, hidden1, hidden2, ... for an MLP; conv1, conv2, ..., head for a CNN (head2, ... if it has more).
+    Read from the order of ``module.modules()``: a layer before any Linear or Conv2d drops the input; a channel
+    dropout follows a conv block; the others follow a hidden layer, or, in a network with conv blocks, belong
+    to the head.
+    """
+    roles, weights, convs, ones = {}, False, 0, 0
+    for name, layer in module.named_modules():
+        if isinstance(layer, (nn.Linear, nn.Conv2d)):
+            weights = True
+        elif isinstance(layer, (CustomDropout2d, ConcreteDropout2d)):  # subclasses of the 1d ones: first
+            convs += 1
+            roles[name] = f"conv{convs}"
+        elif isinstance(layer, (CustomDropout, ConcreteDropout)):
+            if not weights:
+                roles[name] = "input"
+                continue
+            ones += 1
+            roles[name] = (f"head{ones}" if ones > 1 else "head") if convs else f"hidden{ones}"
+    return roles
+
+
+def dropout_rates(module: nn.Module) -> dict[str, float]:
+    """The drop probability of every dropout layer in ``module`` now (set, scheduled or learned), by its role
+    (dropout_roles): the ``<layer>`` of TensorBoard's ``dropout/p/<layer>``."""
+    roles = dropout_roles(module)
+    layers = dropout_layers(module).items()
+    return {roles[name]: layer.p.item() if isinstance(layer, ConcreteDropout) else layer.p for name, layer in layers}
+
+
 # The fast path. Everything above is the definition; below, only the choice of a faster way to
 # compute it on CUDA. CustomDropout2d stays on the plain path: its mask has one entry per
 # channel, a few bytes per sample, so there is nothing to save by regenerating it.
