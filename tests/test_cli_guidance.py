@@ -4,7 +4,7 @@ import os
 import re
 
 import pytest
-from conftest import QUICK, ROOT, only_run_dir, run_train
+from conftest import QUICK, ROOT, only_run_dir, read_events, run_train, scalars
 
 from dropout_lab import MLPClassifier, MNIST5kDataModule
 from dropout_lab.callbacks import hparams_table
@@ -110,11 +110,29 @@ README_MODEL = re.search(r"```python\n(\s*# my_module\.py.*?)```", (ROOT / "READ
 
 
 @pytest.mark.slow
-def test_readme_own_model_recipe_runs_from_a_module_outside_the_package(tmp_path, monkeypatch):
+def test_readme_own_model_gets_every_dropout_feature_from_the_block_as_written(tmp_path, monkeypatch):
     code = "\n".join(line[2:] for line in README_MODEL.group(1).splitlines())  # the block is indented 2
     (tmp_path / "my_module.py").write_text(code)
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
-    result = run_train("--model=my_module.MyClassifier", "--model.dropout=0.3", *QUICK, root=tmp_path / "runs")
-    assert "test/acc" in result.stdout
-    config = (only_run_dir(tmp_path / "runs") / "config.yaml").read_text()
-    assert "class_path: my_module.MyClassifier" in config and "dropout: 0.3" in config
+    mine = ["--model=my_module.MyClassifier", "--model.dropout=0.3", "--trainer.log_every_n_steps=1", *QUICK]
+
+    help_text = run_train("--model.help", "my_module.MyClassifier", root=None).stdout
+    for flag in ("--model.hidden", "--model.learn_dropout", "--model.dropout_schedule", "--model.mc_samples"):
+        assert flag in help_text  # its own flags and Classifier's, each with its docstring
+    assert "learn every dropout rate (Concrete dropout)" in help_text
+
+    late = run_train(*mine, "--model.dropout_schedule=late", "--model.dropout_cutoff_epoch=1", root=tmp_path / "late")
+    assert "test/acc" in late.stdout
+    rates = scalars(read_events(only_run_dir(tmp_path / "late")), "dropout/p/hidden1")
+    assert rates[0] == (0, 0.0) and rates[-1][1] == pytest.approx(0.3)  # off in epoch 0, on from the cutoff
+    config = (only_run_dir(tmp_path / "late") / "config.yaml").read_text()
+    assert "class_path: my_module.MyClassifier" in config and "dropout_schedule: late" in config
+
+    run_train(*mine, "--model.learn_dropout=true", root=tmp_path / "learned")
+    run_dir = only_run_dir(tmp_path / "learned")
+    rates = scalars(read_events(run_dir), "dropout/p/hidden1")
+    assert rates[0] == (0, pytest.approx(0.3)) and abs(rates[-1][1] - 0.3) > 1e-3  # the rate moved
+
+    checkpoint = run_dir / "checkpoints" / "last.ckpt"
+    tested = run_train("test", f"--ckpt_path={checkpoint}", "--model.mc_samples=5", *QUICK[3:4], root=None)
+    assert "test_mc/acc" in tested.stdout and "test/acc" in tested.stdout

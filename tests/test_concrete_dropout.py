@@ -153,7 +153,7 @@ class DeclaredOutOfOrder(nn.Module):
 
 def test_learned_rates_pair_each_layer_by_the_forward_pass_not_by_declaration():
     net = DeclaredOutOfOrder()
-    (layer, next_layer), = learn_rates(net, (1, 2, 2), temperature=0.1)
+    ((layer, next_layer),) = learn_rates(net, (1, 2, 2), temperature=0.1)
     assert net.drop is layer and isinstance(layer, ConcreteDropout) and layer.p.item() == pytest.approx(0.3)
     assert next_layer is net.head and layer.num_features == 6  # not body, which declaration order would give
     assert all(module.training for module in net.modules())  # the trace's eval mode is undone

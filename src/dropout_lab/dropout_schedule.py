@@ -51,10 +51,16 @@ class DropoutSchedule(L.Callback):
                 f"schedule would never switch. Use a cutoff from 1 to {max_epochs - 1}, or more epochs."
             )
 
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Before the model's own hook logs where every rate begins (dropout/p/* at step 0): a late schedule's 0.
+        self.set_layers(pl_module, trainer.current_epoch)
+
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
         # The position in the run, in epochs, from the trainer alone: a resumed run, whose trainer
         # restores epoch and batch, continues the schedule exactly, with no state of ours to save.
-        epoch = trainer.current_epoch + batch_idx / trainer.num_training_batches
+        self.set_layers(pl_module, trainer.current_epoch + batch_idx / trainer.num_training_batches)
+
+    def set_layers(self, pl_module: L.LightningModule, epoch: float) -> None:
         layers = dropout_layers(pl_module)
         for name, p in self.set_rates.items():
             layers[name].p = scheduled_p(p, self.schedule, self.cutoff, self.ramp, epoch)

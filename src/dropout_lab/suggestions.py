@@ -129,7 +129,17 @@ def package_classes(base: type) -> list[str]:
 
 
 def init_parameters(class_path: str) -> list[str]:
-    return [p for p in inspect.signature(import_class(class_path)).parameters if p not in ("args", "kwargs")]
+    """The arguments the class takes, with those its ``**kwargs`` passes on to the base class (as jsonargparse reads
+    them for the flags: MLPClassifier's own, then Classifier's)."""
+    names: list[str] = []
+    for klass in import_class(class_path).__mro__:
+        if "__init__" not in vars(klass):
+            continue
+        parameters = list(inspect.signature(klass.__init__).parameters.values())[1:]  # after self
+        names += [p.name for p in parameters if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and p.name not in names]
+        if not any(p.kind is p.VAR_KEYWORD for p in parameters):
+            return names
+    return names
 
 
 def import_class(class_path: str | None) -> type | None:
