@@ -355,3 +355,27 @@ def test_validate_says_in_one_line_that_it_ignores_mc_samples(tmp_path, capsys):
         ParseAndPlace(["validate", f"--ckpt_path={checkpoint}", "--model.mc_samples=10"], run=True)
     (line,) = [line for line in capsys.readouterr().out.splitlines() if "mc_samples" in line]
     assert "validate is deterministic" in line and "test --ckpt_path=... --model.mc_samples=10" in line
+
+
+@pytest.mark.parametrize("command", ["test_with_mc", "fit_last"])
+def test_a_command_reads_its_checkpoint_file_once(tmp_path, checkpoint, monkeypatch, command):
+    # The CLI reads it to start from its classes and to check it; the Trainer's loads (test's deterministic and
+    # MC loops, a fit's resume) take that copy (AtomicCheckpointIO.read) rather than the file again.
+    if command == "fit_last":
+        path = tmp_path / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+        path.parent.mkdir(parents=True)
+        path.write_bytes(checkpoint.read_bytes())
+        args = ["fit", "--ckpt_path=last", "--trainer.max_epochs=2", "--trainer.limit_val_batches=1"]
+    else:
+        path = checkpoint
+        args = ["test", f"--ckpt_path={checkpoint}", "--model.mc_samples=2"]
+    reads, load = [], torch.load
+
+    def counting_load(f, *rest, **kwargs):
+        reads.append(Path(f if isinstance(f, (str, Path)) else f.name).resolve())  # a path or an open file
+        return load(f, *rest, **kwargs)
+
+    monkeypatch.setattr(torch, "load", counting_load)
+    limits = ["--trainer.limit_train_batches=1", "--trainer.limit_test_batches=1", "--trainer.enable_progress_bar=0"]
+    DropoutLabCLI([*args, *limits, f"--trainer.default_root_dir={tmp_path}"], run=True)
+    assert reads.count(path.resolve()) == 1

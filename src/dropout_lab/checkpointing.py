@@ -41,7 +41,14 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     Lightning's own save renders the checkpoint in memory and moves a file from the system
     temporary folder: when that is another filesystem the move is a copy, which a kill can cut
     short, and nothing is fsynced. A rename within one folder is atomic.
+
+    ``read``: a checkpoint that was read already (by the CLI, to check it), as (path, checkpoint); the Trainer's
+    load of that path takes it rather than reading the file again.
     """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.read: tuple[str, dict] | None = None
 
     def save_checkpoint(self, checkpoint: dict, path: str | Path, storage_options: Any = None) -> None:
         if "://" in str(path):  # remote storage (s3://...): Lightning's fsspec transaction
@@ -57,6 +64,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         os.replace(tmp, path)
 
     def load_checkpoint(self, path: str | Path, *args: Any, weights_only: bool | None = None, **kwargs: Any) -> dict:
+        if self.read is not None and Path(self.read[0]).resolve() == Path(path).resolve():
+            return self.read[1]
         # True when not given, rather than torch's default, which an environment variable can turn off.
         if weights_only is None:
             weights_only = True
@@ -177,14 +186,20 @@ def find_last_checkpoint(root: Path) -> Path:
     return found[-1]
 
 
-def check_resumable(path: str | Path, model: L.LightningModule, datamodule: L.LightningDataModule | None) -> None:
+def check_resumable(
+    path: str | Path,
+    model: L.LightningModule,
+    datamodule: L.LightningDataModule | None,
+    checkpoint: dict | None = None,
+) -> None:
     """Raise a ValueError saying what is wrong if this run cannot continue from the checkpoint at ``path``.
 
     Done before the Trainer writes anything, so a mistyped path leaves no empty run behind. The model's
     and the data's arguments must be the checkpoint's; the Trainer's may change: a larger
-    ``--trainer.max_epochs`` extends the run (the cosine follows the new length).
+    ``--trainer.max_epochs`` extends the run (the cosine follows the new length). ``checkpoint``: the one at
+    ``path``, if the caller has read it already.
     """
-    checkpoint = load_checked(path)
+    checkpoint = checkpoint or load_checked(path)
     check_weights_fit(path, checkpoint, model)
     _check_same_hparams("data", checkpoint.get("datamodule_hyper_parameters"), datamodule)
     _check_same_model_hparams(checkpoint.get("hyper_parameters"), model)

@@ -33,12 +33,12 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from dropout_lab.callbacks import GeneralizationGap, TensorBoardLayout
 from dropout_lab.checkpointing import (
+    AtomicCheckpointIO,
     RNGState,
     check_resumable,
     check_weights_fit,
     find_last_checkpoint,
     load_checked,
-    safe_load,
 )
 from dropout_lab.classifier import Classifier
 from dropout_lab.dropout_schedule import DropoutSchedule
@@ -199,8 +199,16 @@ class DropoutLabCLI(LightningCLI):
                 start[section + key] = class_and_arguments(saved)
         return start
 
+    def read_checkpoint(self, path: str) -> dict:
+        """The checkpoint at ``path``, read from the file once per command: later checks, and the Trainer's own
+        load (AtomicCheckpointIO.read), take this copy."""
+        if path != self.checkpoint_path:
+            self.checkpoint, self.checkpoint_path = load_checked(path), path
+        return self.checkpoint
+
     def load_checkpoint(self, path: str) -> None:
-        self.checkpoint, self.checkpoint_path = load_checked(path), path
+        """The checkpoint of an evaluation, or of a fit that resumes: it must name the model class that wrote it."""
+        self.read_checkpoint(path)
         if "_class_path" not in self.checkpoint.get("hyper_parameters", {}):
             raise ValueError(
                 f"--ckpt_path={path} was not written by this template's train.py (its hyperparameters "
@@ -376,8 +384,8 @@ class DropoutLabCLI(LightningCLI):
         # The stopped process may have logged steps after that checkpoint, which the resumed run logs again:
         # SummaryWriter's purge_step makes TensorBoard drop the stopped process's points from that step on.
         try:
-            args.purge_step = safe_load(last)["global_step"]
-        except Exception:  # an unreadable checkpoint: check_resumable names the problem before any work
+            args.purge_step = self.read_checkpoint(str(last))["global_step"]
+        except ValueError:  # an unreadable checkpoint: check_resumable names the problem before any work
             pass
         # SaveConfigCallback refuses to overwrite the first run's config.yaml; keep one per resume.
         resumes = len(list(run_dir.glob("config_resume_*.yaml")))
@@ -399,7 +407,9 @@ class DropoutLabCLI(LightningCLI):
             if ckpt_path and self.subcommand in EVALUATE:
                 check_weights_fit(ckpt_path, self.checkpoint, self.model)
             elif ckpt_path:
-                check_resumable(ckpt_path, self.model, self.datamodule)
+                check_resumable(ckpt_path, self.model, self.datamodule, self.read_checkpoint(str(ckpt_path)))
+            if ckpt_path and isinstance(self.trainer.strategy.checkpoint_io, AtomicCheckpointIO):
+                self.trainer.strategy.checkpoint_io.read = (str(ckpt_path), self.checkpoint)
         except (ValueError, MisconfigurationException) as error:
             cause = innermost(error)
             if not isinstance(cause, (ValueError, MisconfigurationException)):
