@@ -376,6 +376,6 @@ def test_a_command_reads_its_checkpoint_file_once(tmp_path, checkpoint, monkeypa
         return load(f, *rest, **kwargs)
 
     monkeypatch.setattr(torch, "load", counting_load)
-    limits = ["--trainer.limit_train_batches=1", "--trainer.limit_test_batches=1", "--trainer.enable_progress_bar=0"]
+    limits = ["--trainer.limit_train_batches=1", "--trainer.limit_test_batches=1"]
     DropoutLabCLI([*args, *limits, f"--trainer.default_root_dir={tmp_path}"], run=True)
     assert reads.count(path.resolve()) == 1
