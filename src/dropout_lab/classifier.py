@@ -218,14 +218,7 @@ class Classifier(L.LightningModule):
         if self.mc_samples > 1:
             mc_dropout.dropout_layers_on(self)
 
-    def predict_proba(self, images: Tensor, mc_samples: int | None = None) -> Tensor:
-        """Class probabilities (N, classes) of uint8 images (N, C, H, W) or (N, H, W), on the model's device.
-
-        The images are normalized as in training (the statistics come from the checkpoint) and the
-        network is in eval mode; with ``mc_samples`` > 1 (default: the model's), the mean of that many
-        passes with the dropout layers on. Every module's mode is restored afterwards.
-        """
-        return mc_dropout.predict_proba(self, images, self.mc_samples if mc_samples is None else mc_samples)
+    predict_proba = mc_dropout.predict_proba  # model.predict_proba(images): for use outside a Trainer
 
     def configure_optimizers(self):
         groups = learned_rates.parameter_groups(self, self.dropout_lr)

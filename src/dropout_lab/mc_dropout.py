@@ -26,8 +26,13 @@ def sample_probs(model: nn.Module, x: Tensor, passes: int) -> Tensor:
 
 
 @torch.inference_mode()
-def predict_proba(model, images: Tensor, mc_samples: int) -> Tensor:
-    """Class probabilities (N, classes) of uint8 images (N, C, H, W) or (N, H, W): see Classifier.predict_proba."""
+def predict_proba(model, images: Tensor, mc_samples: int | None = None) -> Tensor:
+    """Class probabilities (N, classes) of uint8 images (N, C, H, W) or (N, H, W), on the model's device.
+
+    ``model.predict_proba(images)`` of a Classifier. The images are normalized as in training (the statistics
+    come from the checkpoint) and the network is in eval mode; with ``mc_samples`` > 1 (default: the model's),
+    the mean of that many passes with the dropout layers on. Every module's mode is restored afterwards.
+    """
     if model.normalization is None:
         raise ValueError(
             "predict_proba needs the normalization of the training data, which this model does not have: "
@@ -36,7 +41,7 @@ def predict_proba(model, images: Tensor, mc_samples: int) -> Tensor:
         )
     if images.dtype != torch.uint8:
         raise ValueError(f"predict_proba takes uint8 images (0-255), got {images.dtype}")
-    passes = check_mc_samples(mc_samples)
+    passes = check_mc_samples(model.mc_samples if mc_samples is None else mc_samples)
     images = images.unsqueeze(1) if images.dim() == 3 else images
     mean = torch.tensor(model.normalization["mean"], device=model.device).view(-1, 1, 1)
     std = torch.tensor(model.normalization["std"], device=model.device).view(-1, 1, 1)
