@@ -2,6 +2,7 @@
 
 import math
 import signal
+from pathlib import Path
 
 import lightning as L
 import pytest
@@ -265,3 +266,20 @@ def test_learned_rates_are_logged_shown_in_hparams_and_kept_in_checkpoints(ddp_r
 )
 def test_fixed_rates_are_named_by_role_not_by_module_index(model, roles):
     assert list(dropout_rates(model.net)) == roles
+
+
+# Written by `train.py fit --model.hidden=[8] --model.learn_dropout=true` at commit c84a249, when MLPClassifier
+# still took all 18 arguments itself and built its ConcreteDropout layers directly.
+OLD_CHECKPOINT = Path(__file__).parent / "data" / "learned_mlp_c84a249.ckpt"
+
+
+@pytest.mark.slow
+def test_a_learned_checkpoint_from_before_the_shared_arguments_moved_loads_and_tests(tmp_path):
+    model = load_classifier(OLD_CHECKPOINT)
+    saved, loaded = torch.load(OLD_CHECKPOINT, weights_only=True)["state_dict"], model.state_dict()
+    assert loaded.keys() == saved.keys() and all(torch.equal(loaded[key], saved[key]) for key in saved)
+    assert list(learned_rates(model.net)) == ["input", "hidden1"]
+    checkpoint = tmp_path / "old.ckpt"
+    checkpoint.write_bytes(OLD_CHECKPOINT.read_bytes())
+    result = run_train("test", f"--ckpt_path={checkpoint}", "--model.mc_samples=2", *QUICK[3:4], root=None)
+    assert "test_mc/acc" in result.stdout
