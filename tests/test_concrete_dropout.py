@@ -135,6 +135,7 @@ def test_learn_dropout_swaps_every_layer_and_pairs_it_with_the_layer_that_follow
     # Named by role in TensorBoard's tags (dropout/p/hidden1, hp/p_conv2), not by module index.
     rates = learned_rates(model.net)
     assert rates == pytest.approx({role: p for role, (_, _, p, _) in zip(roles, expected, strict=True)})
+    assert dropout_rates(model.net) == pytest.approx(rates)  # dropout/p/<layer>: the drop probability, not the keep
     model.configure_model()  # again, as a second loop would: the same layers, nothing swapped twice
     assert [(names[a], names[b]) for a, b in model.concrete_pairs] == [(a, d) for a, _, _, d in expected]
 
