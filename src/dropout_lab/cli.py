@@ -223,12 +223,9 @@ class DropoutLabCLI(LightningCLI):
                 f"{subcommand} needs the checkpoint to evaluate: --ckpt_path=lightning_logs/version_N/checkpoints/"
                 "last.ckpt (a run of python train.py)."
             )
-        if config.ckpt_path == "last" and self.checkpoint_path:  # found before the parse
-            config.ckpt_path = self.checkpoint_path
-        elif config.ckpt_path != self.checkpoint_path:  # from a config file, which names the model and data too
-            if config.ckpt_path == "last":
-                config.ckpt_path = str(find_last_checkpoint(runs_folder(config.trainer)))
-            self.load_checkpoint(config.ckpt_path)
+        if config.ckpt_path == "last":  # found before the parse, or else where a config file's trainer logs
+            config.ckpt_path = self.checkpoint_path or str(find_last_checkpoint(runs_folder(config.trainer)))
+        self.load_checkpoint(config.ckpt_path)  # read before the parse, unless a config file named it
         self.fill_data_from_checkpoint(subcommand)
 
     def fill_data_from_checkpoint(self, subcommand: str) -> None:
