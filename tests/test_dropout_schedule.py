@@ -9,10 +9,10 @@ from conftest import run_train
 from lightning.pytorch.callbacks import ModelCheckpoint
 from test_lr_schedule import StopAfterEpoch
 
-from dropout_lab import MLPClassifier, MNIST5kDataModule
+from dropout_lab import CustomDropout, MLPClassifier, MNIST5kDataModule
 from dropout_lab.checkpointing import RNGState
 from dropout_lab.dropout import dropout_rates
-from dropout_lab.dropout_schedule import scheduled_p
+from dropout_lab.dropout_schedule import DropoutSchedule, scheduled_p
 
 STEPS_PER_EPOCH = 3
 
@@ -64,6 +64,38 @@ def test_a_cutoff_beyond_the_run_is_refused_at_setup_from_python():
     trainer = L.Trainer(max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False)
     with pytest.raises(ValueError, match="dropout_cutoff_epoch=3 is not before max_epochs=2"):
         trainer.fit(model, MNIST5kDataModule())
+
+
+class PlainModule(L.LightningModule):
+    """Any LightningModule with a CustomDropout, not a Classifier: the schedule is a Callback it can take."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Flatten(), CustomDropout(0.4), torch.nn.Linear(784, 10))
+
+    def training_step(self, batch, batch_idx):
+        return torch.nn.functional.cross_entropy(self.net(batch[0]), batch[1])
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+def test_the_schedule_callback_sets_the_rates_of_any_lightning_module():
+    record = RecordRates()
+    trainer = L.Trainer(
+        max_epochs=2,
+        limit_train_batches=STEPS_PER_EPOCH,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[DropoutSchedule("late", 1), record],
+    )
+    model = PlainModule()
+    trainer.fit(model, MNIST5kDataModule())
+    assert [rates for _, rates in sorted(record.rates.items())] == [[0.0]] * 3 + [[0.4]] * 3
+    assert list(dropout_rates(model.net).values()) == [0.4]  # the set rate again after training
 
 
 @pytest.mark.slow
