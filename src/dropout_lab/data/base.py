@@ -9,6 +9,7 @@ passes them to the model) and, for the honest generalization gap, a second valid
 loader over a fixed subset of the training data, without augmentation.
 """
 
+import inspect
 import warnings
 
 import lightning as L
@@ -94,6 +95,37 @@ def check_train_subset(train_subset: int | None, split: int | None, num_classes:
         )
 
 
+def fold_split(labels: Tensor, folds: int, fold: int, seed: int) -> tuple[Tensor, Tensor]:
+    """Split indices into (train, val) for ``fold`` of ``folds`` stratified, seeded folds of ``labels``.
+
+    The same seed gives the same folds, so folds 0..k-1 validate every index exactly once, and the train parts
+    hold each index k-1 times. Each class is dealt out in turn, so every fold has its share of each class.
+    """
+    check_folds(folds, fold, int(torch.bincount(labels).min()))
+    generator = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(labels), generator=generator)
+    by_class = order[torch.sort(labels[order], stable=True).indices]
+    in_fold = torch.arange(len(labels)) % folds == fold
+    val = by_class[in_fold]
+    return by_class[~in_fold].sort().values, val[torch.randperm(len(val), generator=generator)]
+
+
+def check_folds(folds: int, fold: int, smallest_class: int | None) -> None:
+    """Refuse k-fold settings that cannot split the pool: fewer than 2 folds, more than a class has images, ..."""
+    for name, value in (("folds", folds), ("fold", fold)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{name} must be an integer, got {value!r}: e.g. --data.folds=5 --data.fold=0.")
+    if folds < 2:
+        raise ValueError(f"folds={folds}: k-fold cross-validation needs --data.folds=2 or more.")
+    if smallest_class is not None and folds > smallest_class:
+        raise ValueError(
+            f"folds={folds} is more than the {smallest_class} images of the smallest class: every fold needs one of "
+            f"each class; choose --data.folds={smallest_class} or fewer."
+        )
+    if not 0 <= fold < folds:
+        raise ValueError(f"fold={fold} is not one of the {folds} folds: choose --data.fold from 0 to {folds - 1}.")
+
+
 def training_subset(train: Tensor, labels: Tensor, train_subset: int | None, seed: int) -> Tensor:
     """``train_subset`` of the indices ``train``, seeded and stratified by ``labels``; all of them for None."""
     if train_subset is None or train_subset == len(train):
@@ -112,6 +144,9 @@ class InMemoryDataModule(L.LightningDataModule):
         seed: seed of the train/validation split, of ``train_subset`` and of the training images used for the gap.
         train_subset: train on this many images of the training split (seeded, stratified), for learning curves
             over the amount of data; validation and test images stay the same. None: the whole split.
+        folds: k-fold cross-validation: the images outside the test set are split into this many stratified,
+            seeded folds, and ``fold`` is the validation set (instead of ``val_size``). None: one val split.
+        fold: which of the folds validates, 0 to folds - 1; the others train.
     """
 
     input_shape: tuple[int, int, int]
@@ -125,16 +160,35 @@ class InMemoryDataModule(L.LightningDataModule):
     train_size: int | None = None
 
     def __init__(
-        self, val_size: int, batch_size: int = 64, num_workers: int = 0, seed: int = 0, train_subset: int | None = None
+        self,
+        val_size: int,
+        batch_size: int = 64,
+        num_workers: int = 0,
+        seed: int = 0,
+        train_subset: int | None = None,
+        folds: int | None = None,
+        fold: int = 0,
     ) -> None:
         super().__init__()
         if batch_size <= 0:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
         if val_size <= 0:
             raise ValueError(f"val_size must be a positive number of images, got {val_size}")
-        if self.train_size is not None:
+        if folds is None and fold != 0:
+            raise ValueError(f"fold={fold} picks one of --data.folds, which is not given: add --data.folds=k.")
+        held_out = val_size
+        if folds is not None:
+            default = inspect.signature(type(self)).parameters.get("val_size")
+            if default is not None and val_size != default.default:
+                raise ValueError(
+                    f"val_size={val_size} and folds={folds} both choose the validation images: with --data.folds "
+                    "the validation set is one fold (a k-th of the images outside the test set); leave val_size out."
+                )
+            check_folds(folds, fold, None if self.train_size is None else self.train_size // self.num_classes)
+            held_out = 0 if self.train_size is None else -(-self.train_size // folds)  # the largest fold
+        elif self.train_size is not None:
             check_holdout(val_size, self.train_size, "val_size")
-        split = None if self.train_size is None else self.train_size - val_size
+        split = None if self.train_size is None else self.train_size - held_out
         check_train_subset(train_subset, split, self.num_classes)
         self.save_hyperparameters(logger=False)  # TensorBoardLayout logs them, with metrics
 
@@ -146,7 +200,10 @@ class InMemoryDataModule(L.LightningDataModule):
         if hasattr(self, "train_set"):  # fit, then test: load once
             return
         images, labels, test_images, test_labels = self.load()
-        train, val = stratified_split(labels, self.hparams.val_size, self.hparams.seed, "val_size")
+        if self.hparams.folds is None:
+            train, val = stratified_split(labels, self.hparams.val_size, self.hparams.seed, "val_size")
+        else:
+            train, val = fold_split(labels, self.hparams.folds, self.hparams.fold, self.hparams.seed)
         check_train_subset(self.hparams.train_subset, len(train), self.num_classes)
         train = training_subset(train, labels, self.hparams.train_subset, self.hparams.seed)
         world_size = self.trainer.world_size if self.trainer is not None else 1

@@ -36,6 +36,9 @@ class MNIST5kDataModule(InMemoryDataModule):
             over the amount of data; validation and test digits stay the same. None: all of them.
         augment: a small random rotation, scale and shift of each training image (no flip), on training
             batches only (validation, train_eval and test images are never augmented).
+        folds: k-fold cross-validation: the images outside the test set are split into this many stratified,
+            seeded folds, and ``fold`` validates (instead of val_size). None: one validation split of val_size.
+        fold: which of the folds validates, 0 to folds - 1; the others train.
     """
 
     input_shape = (1, 28, 28)
@@ -50,10 +53,12 @@ class MNIST5kDataModule(InMemoryDataModule):
         seed: int = 0,
         augment: bool = False,
         train_subset: int | None = None,
+        folds: int | None = None,
+        fold: int = 0,
     ) -> None:
         check_holdout(test_size, MNIST5K_SIZE, "test_size")
         self.train_size = MNIST5K_SIZE - test_size
-        super().__init__(val_size, batch_size, num_workers, seed, train_subset)
+        super().__init__(val_size, batch_size, num_workers, seed, train_subset, folds, fold)
         if augment:
             self.batches = AffineBatches
 

@@ -41,6 +41,9 @@ class MNISTDataModule(TorchvisionDataModule):
             over the amount of data; validation and test images stay the same. None: the whole split.
         augment: a small random rotation, scale and shift of each training image (no flip), on training
             batches only (validation, train_eval and test images are never augmented).
+        folds: k-fold cross-validation: the images outside the test set are split into this many stratified,
+            seeded folds, and ``fold`` validates (instead of val_size). None: one validation split of val_size.
+        fold: which of the folds validates, 0 to folds - 1; the others train.
     """
 
     dataset = datasets.MNIST
@@ -59,8 +62,10 @@ class MNISTDataModule(TorchvisionDataModule):
         seed: int = 0,
         augment: bool = False,
         train_subset: int | None = None,
+        folds: int | None = None,
+        fold: int = 0,
     ) -> None:
-        super().__init__(val_size, batch_size, num_workers, seed, train_subset)
+        super().__init__(val_size, batch_size, num_workers, seed, train_subset, folds, fold)
         if augment:
             self.batches = self.augmented
 
@@ -109,6 +114,9 @@ class FashionMNISTDataModule(MNISTDataModule):
             over the amount of data; validation and test images stay the same. None: the whole split.
         augment: a small random rotation, scale and shift of each training image, and a left-right flip of
             half of them, on training batches only (validation, train_eval and test images are never augmented).
+        folds: k-fold cross-validation: the images outside the test set are split into this many stratified,
+            seeded folds, and ``fold`` validates (instead of val_size). None: one validation split of val_size.
+        fold: which of the folds validates, 0 to folds - 1; the others train.
     """
 
     dataset = datasets.FashionMNIST
@@ -130,6 +138,9 @@ class CIFAR10DataModule(TorchvisionDataModule):
             over the amount of data; validation and test images stay the same. None: the whole split.
         augment: random 32x32 crop of the image padded by 4 pixels, and random horizontal flip, on training
             batches only (validation, train_eval and test images are never augmented).
+        folds: k-fold cross-validation: the images outside the test set are split into this many stratified,
+            seeded folds, and ``fold`` validates (instead of val_size). None: one validation split of val_size.
+        fold: which of the folds validates, 0 to folds - 1; the others train.
     """
 
     dataset = datasets.CIFAR10
@@ -148,8 +159,10 @@ class CIFAR10DataModule(TorchvisionDataModule):
         seed: int = 0,
         augment: bool = False,
         train_subset: int | None = None,
+        folds: int | None = None,
+        fold: int = 0,
     ) -> None:
-        super().__init__(val_size, batch_size, num_workers, seed, train_subset)
+        super().__init__(val_size, batch_size, num_workers, seed, train_subset, folds, fold)
         if augment:
             self.batches = AugmentedBatches
 
