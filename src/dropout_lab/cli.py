@@ -31,6 +31,7 @@ from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from dropout_lab.accuracy_interval import AccuracyInterval
 from dropout_lab.callbacks import GeneralizationGap, TensorBoardLayout
 from dropout_lab.checkpointing import (
     AtomicCheckpointIO,
@@ -104,6 +105,7 @@ class DropoutLabCLI(LightningCLI):
                     RNGState(),
                     NaNGuard(),
                     UncertaintyFigures(),
+                    AccuracyInterval(),
                     # last.ckpt at every epoch end, for resuming. Lightning 2.6's save_last writes it
                     # only when the best-model checkpoint above is written, i.e. when val/acc improved;
                     # and by default after validation, which val_check_interval and

@@ -19,7 +19,10 @@ from pathlib import Path
 import optuna
 from torch.utils.tensorboard import SummaryWriter
 
+from dropout_lab.accuracy_interval import wilson_interval
+
 SEED = "seed_everything"  # the grid key of the repeats
+FOLD = "data.fold"  # the grid key of the folds, with tune.py --tune.folds
 # What each grid trial stores, and the tag it is read from: the best validation accuracy, the gap and the
 # training accuracy (eval mode) at the last validation, and the test metrics of the checkpoint the run tests.
 SUMMARY_METRICS = {
@@ -51,14 +54,27 @@ def summary_rows(trials: list[optuna.trial.FrozenTrial]) -> tuple[list[str], lis
     metrics = [*SUMMARY_METRICS, *learned_rates(trials)]
     rows = []
     for point in sorted(points, key=lambda point: grid_order(trials[0], keys, point)):
-        row = dict(zip(keys, point, strict=True))
+        row = dict(zip(keys, point, strict=True)) | {"spread_over": spread_over(points[point])}
         for metric in metrics:
             values = [t.user_attrs[metric] for t in points[point] if t.user_attrs.get(metric) is not None]
             row[f"{metric}_mean"] = statistics.fmean(values) if values else math.nan
             row[f"{metric}_std"] = statistics.stdev(values) if len(values) > 1 else math.nan
             row[f"{metric}_count"] = len(values)
+        # The test set's own noise: whatever the repeats average over, its n images stay the same ones.
+        tested = [t.user_attrs["test/images"] for t in points[point] if t.user_attrs.get("test/images")]
+        accuracy = row.get("test/acc_mean", math.nan)
+        if tested and not math.isnan(accuracy):
+            row["test/acc_ci95_low"], row["test/acc_ci95_high"] = wilson_interval(accuracy * tested[0], tested[0])
         rows.append(row)
     return keys, rows
+
+
+def spread_over(trials: list[optuna.trial.FrozenTrial]) -> str:
+    """Which noise the spread of a point's trials holds: "5 folds × 2 seeds" (which images were held out, and
+    the initial weights and dropout masks), or "3 seeds" (only the latter)."""
+    seeds = len({trial.params.get(SEED) for trial in trials})
+    folds = len({trial.params[FOLD] for trial in trials if FOLD in trial.params})
+    return f"{folds} folds × {seeds} seeds" if folds else f"{seeds} seeds"
 
 
 def learned_rates(trials: list[optuna.trial.FrozenTrial]) -> list[str]:
@@ -68,7 +84,7 @@ def learned_rates(trials: list[optuna.trial.FrozenTrial]) -> list[str]:
 
 def by_point(trials: list[optuna.trial.FrozenTrial]) -> tuple[list[str], dict[tuple, list]]:
     """The grid's keys (without the seed), and the trials of each point: its values of those keys."""
-    keys = [key for key in trials[0].params if key != SEED]
+    keys = [key for key in trials[0].params if key not in (SEED, FOLD)]
     points: dict[tuple, list[optuna.trial.FrozenTrial]] = {}
     for trial in trials:
         points.setdefault(tuple(trial.params.get(key) for key in keys), []).append(trial)
@@ -102,7 +118,7 @@ def write_csv(keys: list[str], rows: list[dict], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = partial_path(path)
     with partial.open("w", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=list(rows[0]))
+        writer = csv.DictWriter(file, fieldnames=list(dict.fromkeys(key for row in rows for key in row)))
         writer.writeheader()
         for row in rows:
             writer.writerow({key: "" if isinstance(v, float) and math.isnan(v) else v for key, v in row.items()})
@@ -118,12 +134,25 @@ def format_table(keys: list[str], rows: list[dict]) -> str:
     """The rows as text: the keys, the number of seeds, then mean ± 1 standard error of every metric (and learned
     rate), as the figure draws them (summary.csv has the standard deviation)."""
     metrics = [name.removesuffix("_mean") for name in rows[0] if name.endswith("_mean")]
-    header = [*keys, "seeds", *metrics]
+    header = [*keys, "runs", *metrics, "test/acc 95 % interval"]
     lines = [header] + [
-        [*(str(row[key]) for key in keys), str(seeds(row)), *(mean_error(row, m) for m in metrics)] for row in rows
+        [
+            *(str(row[key]) for key in keys),
+            row.get("spread_over", ""),
+            *(mean_error(row, m) for m in metrics),
+            interval(row),
+        ]
+        for row in rows
     ]
     widths = [max(len(line[column]) for line in lines) for column in range(len(header))]
     return "\n".join("  ".join(cell.rjust(width) for cell, width in zip(line, widths, strict=True)) for line in lines)
+
+
+def interval(row: dict) -> str:
+    """The test set's 95 % interval around the point's mean test/acc, or - where the trials did not count images."""
+    if "test/acc_ci95_low" not in row:
+        return "-"
+    return f"{row['test/acc_ci95_low']:.4f}–{row['test/acc_ci95_high']:.4f}"
 
 
 def mean_error(row: dict, metric: str) -> str:
@@ -151,7 +180,8 @@ def summary_figure(keys: list[str], rows: list[dict], title: str):
     for row in sorted(rows, key=lambda row: row[x_key]) if numeric else rows:  # a line goes left to right
         lines.setdefault(tuple(row[key] for key in line_keys), []).append(row)
     counts = sorted({seeds(row) for row in rows})
-    count = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]}–{counts[-1]}"
+    spreads = list(dict.fromkeys(row.get("spread_over", "") for row in rows if "folds" in row.get("spread_over", "")))
+    spread = " or ".join(spreads) or (f"{counts[0]}" if len(counts) == 1 else f"{counts[0]}–{counts[-1]}") + " seeds"
     rates = [name.removesuffix("_mean") for name in rows[0] if name.startswith(RATE) and name.endswith("_mean")]
     panels = [(metric, panel, ylabel, [metric]) for metric, (panel, ylabel) in PANELS.items()]
     if rates:
@@ -181,7 +211,7 @@ def summary_figure(keys: list[str], rows: list[dict], title: str):
         axes.set(xlabel=axis_label(x_key) + (", log scale" if log_x else ""), ylabel=ylabel, title=panel)
         axes.grid(alpha=0.3)
         axes.legend(title="error bars: ± 1 standard error", fontsize="small", title_fontsize="small")
-    figure.suptitle(f"{title}: mean ± 1 standard error over {count} seeds per point")
+    figure.suptitle(f"{title}: mean ± 1 standard error over {spread} per point")
     return figure
 
 

@@ -44,6 +44,7 @@ from jsonargparse.typing import PositiveInt
 from lightning.pytorch.cli import LightningArgumentParser
 
 from dropout_lab import sweep_summary
+from dropout_lab.accuracy_interval import AccuracyInterval
 from dropout_lab.callbacks import TensorBoardLayout, add_hparams_summary, hparam_metrics, hparams_table
 from dropout_lab.cli import DEFAULT_ROOT_DIR, DropoutLabCLI, run_test
 from dropout_lab.study_storage import (
@@ -113,6 +114,13 @@ per rate. train.py's flags follow."""
             type=int,
             default=1,
             help="grid: run every point with --seed_everything=0, 1, ..., N-1 (the summary averages over them).",
+        )
+        parser.add_argument(
+            "--tune.folds",
+            type=int | None,
+            default=None,
+            help="grid: run every point (and seed) on each of k folds (--data.folds=k --data.fold=0..k-1), so that "
+            "the summary's spread includes which images were held out.",
         )
         parser.add_argument(
             "--tune.summary_only",
@@ -253,8 +261,9 @@ def parse_entry(entry: str) -> Param:
     return Param(key, kind, low, high)
 
 
-def grid_space(space: list[Param], repeats: int) -> list[Param]:
-    """The grid: every parameter as its list of values, then the seeds 0 to ``repeats`` - 1.
+def grid_space(space: list[Param], repeats: int, folds: int | None = None) -> list[Param]:
+    """The grid: every parameter as its list of values, then the folds 0 to ``folds`` - 1 (if any), then the
+    seeds 0 to ``repeats`` - 1.
 
     The seeds are an int range, not a list: Optuna refuses a categorical parameter whose choices change, and
     a finished grid run again with a larger --tune.repeats adds the new seeds to its study.
@@ -263,6 +272,8 @@ def grid_space(space: list[Param], repeats: int) -> list[Param]:
     for param in space:
         if param.key == sweep_summary.SEED:
             raise SpaceError("--tune.params names seed_everything: a grid's seeds are 0 to N-1 of --tune.repeats=N.")
+        if param.key in (sweep_summary.FOLD, "data.folds"):
+            raise SpaceError(f"--tune.params names {param.key}: a grid's folds are those of --tune.folds=k.")
         if param.kind in ("float", "log"):
             raise SpaceError(
                 f"--tune.sampler=grid runs listed values, and {param.key}={param.kind}:{param.low}:{param.high} is a "
@@ -270,15 +281,21 @@ def grid_space(space: list[Param], repeats: int) -> list[Param]:
             )
         values = param.choices if param.kind == "categorical" else range(int(param.low), int(param.high) + 1)
         grid.append(Param(param.key, "categorical", choices=tuple(dict.fromkeys(values))))
-    return [*grid, Param(sweep_summary.SEED, "int", 0, repeats - 1)]
+    fold = [Param(sweep_summary.FOLD, "int", 0, folds - 1)] if folds else []
+    return [*grid, *fold, Param(sweep_summary.SEED, "int", 0, repeats - 1)]
 
 
 def grid_points(grid: list[Param]) -> list[dict]:
-    """Every combination, seed after seed: a sweep stopped early has whole grids of its first seeds."""
-    *params, seeds = grid
+    """Every combination, seed after seed, and within a seed fold after fold: a sweep stopped early has whole
+    grids of its first seeds (and folds)."""
+    params = [p for p in grid if p.kind == "categorical"]
+    repeats = [p for p in grid if p.kind == "int"][::-1]  # the seeds, then the folds if any
     return [
-        {**dict(zip([p.key for p in params], values, strict=True)), seeds.key: seed}
-        for seed in range(seeds.low, seeds.high + 1)
+        {
+            **dict(zip([p.key for p in params], values, strict=True)),
+            **dict(zip([p.key for p in repeats], outer, strict=True)),
+        }
+        for outer in itertools.product(*(range(p.low, p.high + 1) for p in repeats))
         for values in itertools.product(*(p.choices for p in params))
     ]
 
@@ -421,6 +438,18 @@ def check_same_space(study: optuna.Study, space: list[Param]) -> None:
                 ) from None
 
 
+def check_same_folds(study: optuna.Study, folds: int | None) -> None:
+    """Refuse, before any trial, --tune.folds other than the study's: its points would not be the same runs."""
+    held = study.user_attrs.get("folds")
+    if study.get_trials(deepcopy=False) and held != folds:
+        started = f"with --tune.folds={held}" if held else "without --tune.folds"
+        raise SpaceError(
+            f"--tune.folds={folds}: study {study.study_name!r} was started {started}, and its trials split the data "
+            "so: give it the same --tune.folds, or another --tune.study_name."
+        )
+    study.set_user_attr("folds", folds)
+
+
 def spec(distribution: optuna.distributions.BaseDistribution) -> str:
     """A distribution as a --tune.params entry writes it: categorical:0:0.5, float:0.0:0.8, ..."""
     if isinstance(distribution, optuna.distributions.CategoricalDistribution):
@@ -548,7 +577,8 @@ def final_values(trainer: L.Trainer, cli: DropoutLabCLI) -> dict[str, float]:
     values = {name: logged[tag] for name, tag in sweep_summary.SUMMARY_METRICS.items() if tag in logged}
     rates = {tag.removeprefix("hp/p_"): value for tag, value in logged.items() if tag.startswith("hp/p_")}
     learned = {f"{sweep_summary.RATE}{layer}": value for layer, value in rates.items()}
-    return values | learned
+    tested = [cb.tested for cb in trainer.callbacks if isinstance(cb, AccuracyInterval) and cb.tested]
+    return values | learned | ({"test/images": tested[0]} if tested else {})
 
 
 def objective(
@@ -624,7 +654,7 @@ def run_name(trial: optuna.Trial, values: dict, runs: Path) -> str:
 
 def label(key: str, value: object) -> str:
     """``dropout=0.5`` for model.dropout, ``seed=1`` for seed_everything: short enough for a chart's legend."""
-    name = "seed" if key == sweep_summary.SEED else key.rpartition(".")[2]
+    name = "seed" if key == sweep_summary.SEED else key.rpartition(".")[2]  # data.fold: fold=2
     return f"{name}={value:.4g}" if isinstance(value, float) else f"{name}={flag_value(value)}"
 
 
@@ -723,6 +753,12 @@ def tune(cli: TuneCLI) -> None:
                 f"--tune.repeats={options.repeats}: a grid runs each point with seeds 0 to N-1 for N >= 1 "
                 "(--tune.sampler=grid); a tpe search has no repeats."
             )
+        if options.folds is not None and (not grid or options.folds < 2):
+            raise SpaceError(
+                f"--tune.folds={options.folds}: a grid (--tune.sampler=grid) runs every point on k >= 2 folds."
+            )
+        if options.folds is not None:  # every trial splits its data into these folds; the grid picks the fold
+            user["data"].setdefault("init_args", {})["folds"] = options.folds
         if grid and not options.params:
             raise SpaceError(
                 "--tune.sampler=grid runs listed values: --tune.params='[model.dropout=categorical:0:0.5]'."
@@ -730,7 +766,7 @@ def tune(cli: TuneCLI) -> None:
         learn_dropout = user["model"].get("init_args", {}).get("learn_dropout", False)
         space = parse_space(options.params, user["model"]["class_path"], learn_dropout)
         if grid:
-            space = grid_space(space, options.repeats)
+            space = grid_space(space, options.repeats, options.folds)
         check_keys(cli, yaml.safe_dump(user), space)
         check_trials_build(trial_config(user, root, options.study_name), space)
         direction = metric_direction(options.metric, options.direction, user["model"]["class_path"])
@@ -739,6 +775,7 @@ def tune(cli: TuneCLI) -> None:
             print("--tune.pruner=median is left out: a grid runs every point to the end, so that its seeds compare.")
         pruner = "none" if grid else options.pruner or "median"
         study = open_study(url, options.study_name, direction, pruner, options.sampler)
+        check_same_folds(study, options.folds)
         check_same_space(study, space)
     except SpaceError as error:
         cli.parser.exit(2, f"error: {error}\n")
@@ -747,7 +784,9 @@ def tune(cli: TuneCLI) -> None:
     n_trials = len(points) if grid else options.n_trials
     counted = (lambda study: count_points(study, points)) if grid else count
     if grid:
-        print(f"Grid: {len(points) // options.repeats} points × {options.repeats} seeds = {n_trials} trials.")
+        folds = f" × {options.folds} folds" if options.folds else ""
+        per_point = options.repeats * (options.folds or 1)
+        print(f"Grid: {len(points) // per_point} points{folds} × {options.repeats} seeds = {n_trials} trials.")
     print(f"Study {options.study_name!r} in {url}: {counted(study)} of {n_trials} trials already finished or running.")
     try:
         optimize(
@@ -852,12 +891,13 @@ def summarize(cli: TuneCLI, study: optuna.Study, user: dict, root: Path, metric:
             statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else math.nan, len(values)
         )
         best = (
-            f"mean {metric} over {len(values)} seeds {spread} (mean ± 1 standard error; trials "
+            f"mean {metric} over {sweep_summary.spread_over(members)} {spread} (mean ± 1 standard error; trials "
             f"{', '.join(str(trial.number) for trial in members)})"
         )
         said = [
             f"# Best grid point of study {study.study_name!r}: the best {best}.",
-            f"# seed_everything is this command's ({user['seed_everything']}), not one of the grid's seeds.",
+            f"# seed_everything is this command's ({user['seed_everything']}), not one of the grid's seeds; with "
+            "--tune.folds, the data is the default split, not one fold.",
         ]
     else:
         trial = study.best_trial
@@ -869,6 +909,7 @@ def summarize(cli: TuneCLI, study: optuna.Study, user: dict, root: Path, metric:
     # logger's save_dir follows trainer.default_root_dir, so that a user's --trainer.default_root_dir wins.
     reproduce = trial_config(user, root, "best")
     reproduce["trainer"]["default_root_dir"] = str(folder)
+    reproduce["data"] = {**reproduce["data"], "init_args": {**reproduce["data"].get("init_args", {}), "folds": None}}
     reproduce["trainer"]["logger"]["init_args"] |= {"save_dir": DEFAULT_ROOT_DIR, "version": None}
     config = cli.parser.parse_args(["--config", yaml.safe_dump(reproduce), *flags])
     config.pop("tune")
