@@ -443,9 +443,10 @@ def check_same_folds(study: optuna.Study, folds: int | None) -> None:
     held = study.user_attrs.get("folds")
     if study.get_trials(deepcopy=False) and held != folds:
         started = f"with --tune.folds={held}" if held else "without --tune.folds"
+        asked = f"--tune.folds={folds}" if folds else "this command has no --tune.folds"
         raise SpaceError(
-            f"--tune.folds={folds}: study {study.study_name!r} was started {started}, and its trials split the data "
-            "so: give it the same --tune.folds, or another --tune.study_name."
+            f"{asked}: study {study.study_name!r} was started {started}, and its trials split the data so: give it "
+            "the same --tune.folds, or another --tune.study_name."
         )
     study.set_user_attr("folds", folds)
 
