@@ -189,3 +189,17 @@ def test_two_workers_run_every_point_fold_and_seed_once_and_the_summary_counts_t
     )
     best = (tmp_path / "tune" / "best_config.yaml").read_text()
     assert "folds: null" in best  # the best point is reproduced on the default split
+
+
+def test_a_search_with_folds_takes_each_trials_mean_over_its_folds_and_prunes_nothing(tmp_path, capsys):
+    args = ["--tune.params=[model.dropout=float:0.1:0.6]", "--tune.n_trials=1", "--tune.folds=2"]
+    args += ["--tune.pruner=median", "--trainer.max_epochs=1", "--trainer.limit_train_batches=2"]
+    args += ["--trainer.limit_val_batches=1", "--trainer.enable_progress_bar=false", "--model.hidden=[16]"]
+    tune(TuneCLI([*args, f"--trainer.default_root_dir={tmp_path}"]))
+    assert "--tune.pruner=median is left out: with --tune.folds" in capsys.readouterr().out
+    study = optuna.load_study(study_name="tune", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    (trial,) = study.trials
+    assert len(trial.user_attrs["fold_values"]) == 2 and trial.intermediate_values == {}
+    assert trial.value == pytest.approx(sum(trial.user_attrs["fold_values"]) / 2)
+    runs = sorted(path.name for path in (tmp_path / "tune").iterdir() if path.is_dir())
+    assert [name.rpartition(",")[2] for name in runs] == ["fold=0", "fold=1"]

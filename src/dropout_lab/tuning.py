@@ -119,8 +119,9 @@ per rate. train.py's flags follow."""
             "--tune.folds",
             type=int | None,
             default=None,
-            help="grid: run every point (and seed) on each of k folds (--data.folds=k --data.fold=0..k-1), so that "
-            "the summary's spread includes which images were held out.",
+            help="Run every grid point (and seed), or every tpe trial, on each of k folds (--data.folds=k "
+            "--data.fold=0..k-1): a grid's summary then spreads over which images were held out, a tpe trial's value "
+            "is the mean over its folds (no pruning).",
         )
         parser.add_argument(
             "--tune.summary_only",
@@ -489,8 +490,8 @@ def create_or_join(
 class ReportToTrial(L.Callback):
     """After every validation epoch: report the metric to the trial, keep its best, and prune if told to."""
 
-    def __init__(self, trial: optuna.Trial, metric: str, maximize: bool) -> None:
-        self.trial, self.metric, self.maximize = trial, metric, maximize
+    def __init__(self, trial: optuna.Trial, metric: str, maximize: bool, report: bool = True) -> None:
+        self.trial, self.metric, self.maximize, self.report = trial, metric, maximize, report
         self.best = -math.inf if maximize else math.inf
         # The step of each report: validations, not epochs, so that several per epoch
         # (--trainer.val_check_interval=0.5) are reported, and the pruner compares trials at the same one.
@@ -505,6 +506,8 @@ class ReportToTrial(L.Callback):
             )
         value = trainer.callback_metrics[self.metric].item()
         self.best = max(self.best, value) if self.maximize else min(self.best, value)
+        if not self.report:
+            return
         self.trial.report(value, step=self.validations)
         self.validations += 1
         # Raised before this epoch's checkpoints are written: Lightning runs ModelCheckpoint's hooks last.
@@ -586,7 +589,8 @@ def objective(
     trial: optuna.Trial, base: dict, space: list[Param], metric: str, maximize: bool, points: list[dict] | None = None
 ) -> float:
     """One train.py run: fit only in a search (the test set is for the best config, not for choosing it);
-    a grid trial (``points``: the grid) runs the point it claims, and tests, as train.py does, for the summary."""
+    a grid trial (``points``: the grid) runs the point it claims, and tests, as train.py does, for the summary.
+    A search with --tune.folds=k runs its values on each fold, and its value is the mean over the folds."""
     trial.set_user_attr("worker", WORKER)
     if points is not None and claim_point(trial, points) is None:
         trial.set_user_attr("skipped", "every grid point is held by another trial")
@@ -601,6 +605,18 @@ def objective(
         )
         trial.set_user_attr("stop_search", True)
         raise
+    folds = base["data"].get("init_args", {}).get("folds") if points is None else None
+    if not folds:
+        return fit_run(trial, base, values, metric, maximize, points)
+    bests = [fit_run(trial, base, values | {sweep_summary.FOLD: fold}, metric, maximize) for fold in range(folds)]
+    trial.set_user_attr("fold_values", bests)
+    return statistics.fmean(bests)
+
+
+def fit_run(
+    trial: optuna.Trial, base: dict, values: dict, metric: str, maximize: bool, points: list[dict] | None = None
+) -> float:
+    """A train.py run of the trial's ``values``; its best ``metric``."""
     flags = [f"--{key}={flag_value(value)}" for key, value in values.items()]
     logger = base["trainer"]["logger"]["init_args"]
     logger["version"] = run_name(trial, values, Path(logger["save_dir"]) / logger["name"])
@@ -611,7 +627,8 @@ def objective(
         trial.set_user_attr("fail_reason", f"train.py refused these values (its message is above, exit {refused.code})")
         raise RuntimeError(trial.user_attrs["fail_reason"]) from None
     trainer = cli.trainer
-    report = ReportToTrial(trial, metric, maximize)
+    # A run of one fold reports nothing: the pruner compares trials, and a trial's value is its folds' mean.
+    report = ReportToTrial(trial, metric, maximize, report=sweep_summary.FOLD not in values or points is not None)
     trainer.callbacks.insert(0, report)  # before the checkpoint callbacks, which Lightning keeps last
     layout = next(cb for cb in trainer.callbacks if isinstance(cb, TensorBoardLayout))
     layout.log_hparams = False  # written below, once the trial's state is known
@@ -754,10 +771,8 @@ def tune(cli: TuneCLI) -> None:
                 f"--tune.repeats={options.repeats}: a grid runs each point with seeds 0 to N-1 for N >= 1 "
                 "(--tune.sampler=grid); a tpe search has no repeats."
             )
-        if options.folds is not None and (not grid or options.folds < 2):
-            raise SpaceError(
-                f"--tune.folds={options.folds}: a grid (--tune.sampler=grid) runs every point on k >= 2 folds."
-            )
+        if options.folds is not None and options.folds < 2:
+            raise SpaceError(f"--tune.folds={options.folds}: k-fold cross-validation needs k >= 2 folds.")
         if options.folds is not None:  # every trial splits its data into these folds; the grid picks the fold
             user["data"].setdefault("init_args", {})["folds"] = options.folds
         if grid and not options.params:
@@ -774,7 +789,12 @@ def tune(cli: TuneCLI) -> None:
         maximize = direction == "maximize"
         if grid and options.pruner == "median":
             print("--tune.pruner=median is left out: a grid runs every point to the end, so that its seeds compare.")
-        pruner = "none" if grid else options.pruner or "median"
+        if options.folds and not grid and options.pruner == "median":
+            print(
+                "--tune.pruner=median is left out: with --tune.folds a trial's value is the mean over its folds, "
+                "known at its end."
+            )
+        pruner = "none" if grid or options.folds else options.pruner or "median"
         study = open_study(url, options.study_name, direction, pruner, options.sampler)
         check_same_folds(study, options.folds)
         check_same_space(study, space)
