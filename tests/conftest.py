@@ -6,9 +6,18 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# One CPU thread in every test process and every train.py it starts. The bits of a matrix product depend on
+# how many threads split its sums, and on a loaded machine (CI: two test workers on two cores) the math
+# library was seen to use fewer threads than asked in one run of a pair: an exact-resume test then failed
+# (1 of 523 tests, CI of 2026-12-07). One thread also keeps two workers from oversubscribing two cores.
+ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+os.environ.update(ONE_THREAD)
+torch.set_num_threads(1)
 
 # Small and quick: a few batches of the embedded digits, no progress bar.
 QUICK = [
@@ -24,7 +33,7 @@ QUICK = [
 
 def run_train(*args: str, root: Path | None, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
     """Run ``python train.py ARGS --trainer.default_root_dir=ROOT`` in a subprocess and return it."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, **ONE_THREAD, "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, str(ROOT / "train.py"), *args]
     if root is not None:
         cmd.append(f"--trainer.default_root_dir={root}")
