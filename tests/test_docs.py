@@ -46,3 +46,9 @@ def test_ci_runs_the_readme_test_command_word_for_word():
     test_command = next(command for command in commands if command.endswith("python -m pytest"))
     assert "-c constraints.txt" in test_command
     assert test_command in (ROOT / ".ci" / "run").read_text().splitlines()
+
+
+def test_every_test_has_a_time_limit_so_a_hang_fails_ci_rather_than_holding_it(pytestconfig):
+    # A grid worker that loops forever (claim_point) would hold the suite until CI is killed, naming no test.
+    assert pytestconfig.pluginmanager.hasplugin("timeout")  # pytest-timeout, from requirements.txt
+    assert float(pytestconfig.getini("timeout")) == 600

@@ -22,7 +22,7 @@ from test_tune import GRID, POINTS, TINY
 from dropout_lab.checkpointing import safe_load
 from dropout_lab.study_storage import open_storage
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]  # a SLURM cluster of its own: more than the 600 s of the rest
 
 SMALL_SAME_WEIGHTS = [*SAME_WEIGHTS, "--model.hidden=[32]"]  # lr = 0: every run evaluates the same weights
 PROBE = "--trainer.callbacks+=tests.ddp_probe.DropoutProbe"
