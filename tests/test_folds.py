@@ -170,6 +170,7 @@ def test_two_workers_run_every_point_fold_and_seed_once_and_the_summary_counts_t
     outputs = [finish(worker) for worker in workers]
     assert [worker.returncode for worker in workers] == [0, 0], outputs
     assert "Grid: 2 points × 2 folds × 1 seeds = 4 trials." in outputs[0]
+    assert "Over folds and seeds (mean ± 1 standard error" in outputs[0] + outputs[1]
 
     study = optuna.load_study(study_name="tune", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
     done = sorted((t.params["model.dropout"], t.params[FOLD]) for t in study.trials if t.state.name == "COMPLETE")

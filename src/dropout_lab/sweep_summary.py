@@ -197,7 +197,7 @@ def summary_figure(keys: list[str], rows: list[dict], title: str):
                 label = ", ".join(f"{key}={value}" for key, value in zip(line_keys, line, strict=True))
                 if metric == "p":  # one line per layer
                     label = f"{name.removeprefix(RATE)} {label}".strip()
-                axes.errorbar(x, mean, yerr=error, marker="o", capsize=4, label=label or "mean of seeds")
+                axes.errorbar(x, mean, yerr=error, marker="o", capsize=4, label=label or "mean of the runs")
         if metric.startswith("gap/"):
             axes.axhline(0, color="grey", linewidth=0.8, linestyle=":")  # no gap
         if log_x:

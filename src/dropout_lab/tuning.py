@@ -845,7 +845,8 @@ def write_summary(study: optuna.Study, root: Path, refuse_empty: bool = False) -
     sweep_summary.write_csv(keys, rows, folder / "summary.csv")
     figure = sweep_summary.summary_figure(keys, rows, f"study {study.study_name!r}")
     png = sweep_summary.write_figure(figure, folder, step=len(trials))
-    print(f"\nOver seeds (mean ± 1 standard error, as in summary.png), {len(trials)} finished trials:")
+    over = "folds and seeds" if any(sweep_summary.FOLD in trial.params for trial in trials) else "seeds"
+    print(f"\nOver {over} (mean ± 1 standard error, as in summary.png), {len(trials)} finished trials:")
     print(sweep_summary.format_table(keys, rows))
     print(f"Table: {folder / 'summary.csv'}\nFigure: {png} (and in TensorBoard: tensorboard --logdir {folder})")
 
