@@ -397,6 +397,22 @@ def test_resume_with_a_dataloader_worker_is_exact_and_workers_change_nothing(
     assert_same_weights(tmp_path, uninterrupted)  # which ran with num_workers=0
 
 
+@pytest.mark.slow
+def test_a_run_on_one_fold_killed_and_resumed_ends_with_the_weights_of_one_never_stopped(
+    tmp_path, crash_callbacks_importable
+):
+    fold = [*SMALL, "--trainer.max_epochs=3", "--data.folds=5", "--data.fold=3"]
+    run_train(*fold, root=tmp_path / "uninterrupted")
+    killed = run_train(*fold, crash("KillAtEpochStart"), root=tmp_path, check=False)
+    assert killed.returncode == -signal.SIGKILL
+    run_train(*fold, "--ckpt_path=last", root=tmp_path)
+    assert_same_weights(tmp_path, tmp_path / "uninterrupted")
+    # Not by chance: another fold trains other weights.
+    run_train(*SMALL, "--trainer.max_epochs=3", "--data.folds=5", "--data.fold=1", root=tmp_path / "other")
+    other, resumed = (safe_load(last_ckpt(root))["state_dict"] for root in (tmp_path / "other", tmp_path))
+    assert not all(torch.equal(other[key], resumed[key]) for key in resumed)
+
+
 # Validation twice an epoch, every second epoch, over an odd number of epochs: the "last" checkpoint
 # must still be written at the end of every epoch, and only there.
 OFF_EPOCH_VALIDATION = [
