@@ -32,8 +32,8 @@ import torch
 import torch.nn.functional as F
 
 from dropout_lab import CNNClassifier, InMemoryDataModule, MLPClassifier, MNIST5kDataModule
-from dropout_lab.lr_schedule import cosine
 from dropout_lab.cli import DropoutLabCLI
+from dropout_lab.lr_schedule import cosine
 
 BATCH_SIZE = 64
 

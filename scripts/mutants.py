@@ -3,6 +3,7 @@
     python scripts/mutants.py --list                    # the mutants, and whether each still applies
     python scripts/mutants.py                           # every mutant against its tests
     python scripts/mutants.py --group new               # only the second group (issues 18-20's code)
+    python scripts/mutants.py --group issue27           # only issue 27's audit (issues 21-26's code)
     python scripts/mutants.py ece_10_bins nll_no_clamp  # only these
     python scripts/mutants.py --coverage .coverage      # also every test whose coverage touches the change
     python scripts/mutants.py --tests tests/test_x.py   # only these tests (does a new test kill its mutant?)
@@ -118,8 +119,8 @@ MUTANTS = [
     Mutant(
         "entropy_mean_of_passes",
         "uncertainty.py",
-        "\"entropy\": entropy(probs)}",
-        "\"entropy\": entropy(samples).mean(dim=0)}",
+        '"entropy": entropy(probs)}',
+        '"entropy": entropy(samples).mean(dim=0)}',
         "predict's entropy column: the mean entropy of the passes",
         PREDICT,
     ),
@@ -379,8 +380,8 @@ NEW_CODE_MUTANTS = [
     Mutant(
         "grid_keeps_median_pruner",
         "tuning.py",
-        'pruner = "none" if grid else options.pruner or "median"',
-        'pruner = options.pruner or "median"',
+        'pruner = "none" if grid or options.folds else options.pruner or "median"',
+        'pruner = "none" if options.folds else options.pruner or "median"',
         "a grid's trials can be pruned",
         TUNE,
     ),
@@ -426,7 +427,84 @@ NEW_CODE_MUTANTS = [
     ),
 ]
 
-GROUPS = {"first": MUTANTS, "new": NEW_CODE_MUTANTS, "all": MUTANTS + NEW_CODE_MUTANTS}
+
+# Issue 27: the audit of issues 21-26's code (python scripts/mutants.py --group issue27).
+ISSUE27_MUTANTS = [
+    Mutant(
+        "rates_weight_decayed",
+        "learned_rates.py",
+        '{"params": rates, "weight_decay": 0.0, "lr": dropout_lr}',
+        '{"params": rates, "lr": dropout_lr}',
+        "the learned rates' group decayed with --model.weight_decay > 0",
+        ["tests/test_classifier.py", "tests/test_data_size.py", *CONCRETE],
+    ),
+    Mutant(
+        "validate_logs_rates",
+        "classifier.py",
+        "        if self.trainer.state.fn != TrainerFn.FITTING:  # validate: no HParams session, no new rates\n"
+        "            return\n",
+        "",
+        "validate logs dropout/p and hp/p",
+        ["tests/test_classifier.py", *CONCRETE, *SCHEDULE],
+    ),
+    Mutant(
+        "loose_ckpt_in_grandparent",
+        "cli.py",
+        'run_dir = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent',
+        "run_dir = checkpoint.parent.parent",
+        "test --ckpt_path=model.ckpt writes into its grandparent's test_0",
+        EVALUATE,
+    ),
+    Mutant(
+        "constant_accepts_linear_ramp",
+        "dropout_schedule.py",
+        'if cutoff is not None or ramp != "constant":',
+        "if cutoff is not None:",
+        "dropout_ramp=linear without a schedule accepted and ignored",
+        SCHEDULE,
+    ),
+    Mutant(
+        "grid_seeds_inner",
+        "tuning.py",
+        "        for outer in itertools.product(*(range(p.low, p.high + 1) for p in repeats))\n"
+        "        for values in itertools.product(*(p.choices for p in params))\n",
+        "        for values in itertools.product(*(p.choices for p in params))\n"
+        "        for outer in itertools.product(*(range(p.low, p.high + 1) for p in repeats))\n",
+        "a grid runs every seed of a point before the next point",
+        [*TUNE, "tests/test_folds.py"],
+    ),
+    Mutant(
+        "summary_std_from_3_seeds",
+        "sweep_summary.py",
+        "if len(values) > 1 else math.nan",
+        "if len(values) > 2 else math.nan",
+        "the summary's std needs 3 seeds: 2 give empty std cells",
+        SUMMARY,
+    ),
+    Mutant(
+        "seeds_min_over_metrics",
+        "sweep_summary.py",
+        'return max(row[f"{metric}_count"] for metric in SUMMARY_METRICS)',
+        'return min(row[f"{metric}_count"] for metric in SUMMARY_METRICS)',
+        "a metric missing from every run makes the title say 0 seeds",
+        SUMMARY,
+    ),
+    Mutant(
+        "grid_int_range_open",
+        "tuning.py",
+        "range(int(param.low), int(param.high) + 1)",
+        "range(int(param.low), int(param.high))",
+        "a grid over an int range drops its upper end",
+        TUNE,
+    ),
+]
+
+GROUPS = {
+    "first": MUTANTS,
+    "new": NEW_CODE_MUTANTS,
+    "issue27": ISSUE27_MUTANTS,
+    "all": MUTANTS + NEW_CODE_MUTANTS + ISSUE27_MUTANTS,
+}
 
 
 def mutated_lines(mutant: Mutant, text: str) -> set[int]:
@@ -523,7 +601,8 @@ def main() -> None:
         "--group",
         choices=GROUPS,
         default="all",
-        help="first: the first audit's survivors; new: the changes to issues 18-20's code; all: both",
+        help="first: the first audit's survivors; new: the changes to issues 18-20's code; issue27: the changes to "
+        "issues 21-26's code; all: every group",
     )
     args = parser.parse_args()
     # Ctrl-C raises KeyboardInterrupt; make a kill (SIGTERM) unwind too, so the file is restored.
