@@ -38,11 +38,10 @@ ABSTAIN = (0.05, 0.20)  # the shares of the test images abstained on, least cert
 
 
 def load_test_split(ckpt: str | Path):
-    """The checkpoint's DataModule, built from its saved arguments and set up for testing."""
-    saved = dict(load_checked(ckpt)["datamodule_hyper_parameters"])
-    module, _, name = saved.pop("_class_path").rpartition(".")
-    saved = {key: value for key, value in saved.items() if not key.startswith("_")}
-    data = getattr(importlib.import_module(module), name)(**saved)
+    """The checkpoint's DataModule, of the class it names, built by Lightning from its saved arguments, set up for
+    testing."""
+    module, _, name = load_checked(ckpt)["datamodule_hyper_parameters"]["_class_path"].rpartition(".")
+    data = getattr(importlib.import_module(module), name).load_from_checkpoint(ckpt, weights_only=True)
     data.setup("test")
     return data
 
